@@ -1,0 +1,98 @@
+// Chooses the per-instruction-set kernel table at run time and holds the thread-count knob.
+#include "backend.hpp"
+
+#include <omp.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace gpt2gen {
+
+#define GPT2GEN_DECLARE_ISA(isa) \
+  namespace isa_##isa {          \
+  const Backend& get_backend();  \
+  }
+GPT2GEN_DECLARE_ISA(generic)
+#if GPT2GEN_HAVE_AVX2
+GPT2GEN_DECLARE_ISA(avx2)
+#endif
+#if GPT2GEN_HAVE_AVX512
+GPT2GEN_DECLARE_ISA(avx512)
+#endif
+
+namespace {
+
+// Fastest first.
+std::vector<const Backend*> usable_backends() {
+  std::vector<const Backend*> out;
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+#if GPT2GEN_HAVE_AVX512
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    out.push_back(&isa_avx512::get_backend());
+#endif
+#if GPT2GEN_HAVE_AVX2
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    out.push_back(&isa_avx2::get_backend());
+#endif
+#endif
+  out.push_back(&isa_generic::get_backend());
+  return out;
+}
+
+const Backend* find_backend(const std::string& name) {
+  for (const Backend* b : usable_backends())
+    if (name == b->name) return b;
+  std::string names;
+  for (const std::string& n : supported_backends()) names += (names.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("backend '" + name + "' is not available on this CPU (available: " +
+                              names + ")");
+}
+
+const Backend* initial_backend() {
+  const char* forced = std::getenv("GPT2GEN_ISA");
+  if (forced && *forced) return find_backend(forced);
+  return usable_backends().front();
+}
+
+std::atomic<const Backend*> current_backend{nullptr};
+
+int default_threads() { return omp_get_max_threads(); }  // OMP_NUM_THREADS, else the CPUs we may use
+
+std::atomic<int> thread_count{0};
+
+}  // namespace
+
+const Backend& backend() {
+  const Backend* b = current_backend.load();
+  if (!b) {
+    b = initial_backend();
+    current_backend.store(b);
+  }
+  return *b;
+}
+
+std::vector<std::string> supported_backends() {
+  std::vector<std::string> names;
+  for (const Backend* b : usable_backends()) names.emplace_back(b->name);
+  return names;
+}
+
+void set_backend(const std::string& name) { current_backend.store(find_backend(name)); }
+
+int num_threads() {
+  int n = thread_count.load();
+  if (n <= 0) {
+    n = default_threads();
+    thread_count.store(n);
+  }
+  return n;
+}
+
+void set_num_threads(int n) { thread_count.store(n > 0 ? n : default_threads()); }
+
+}  // namespace gpt2gen

@@ -1,0 +1,57 @@
+// One set of kernels per instruction set, chosen at run time.
+//
+// csrc/kernels.cpp and csrc/forward.cpp are compiled once per instruction set (see
+// CMakeLists.txt), each copy in its own namespace; each copy fills a Backend table. The engine
+// calls through the table chosen by the CPU's features, so the default build runs on any x86-64.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model.hpp"
+
+namespace gpt2gen {
+
+template <typename T>
+struct Kernels {
+  void (*embedding)(const T* wte, const T* wpe, int n_embd, const int32_t* ids, int n, int pos0,
+                    T* out);
+  void (*layer_norm)(const T* x, int n, int d, LayerNormWeights<T> ln, T* out);
+  void (*gelu)(T* x, int64_t n);
+  void (*softmax)(T* x, int n);
+  void (*linear)(const T* x, int n, LinearWeights<T> lin, T* out);
+  void (*unembed)(const T* x, int n, const T* wte, int n_vocab, int d, T* out);
+  void (*attention)(const T* qkv, int n, int n_embd, int n_head, int pos0, T* keys, T* values,
+                    int capacity, T* scores, T* out);
+  // Runs n new positions through the model, appending them to the cache; writes the logits of
+  // every new position (all_rows) or of the last one only.
+  void (*forward)(const Weights<T>& w, KVCache<T>& cache, Workspace<T>& ws, const int32_t* ids,
+                  int n, bool all_rows, T* logits);
+};
+
+struct Backend {
+  const char* name;
+  Kernels<float> f32;
+  Kernels<double> f64;
+
+  template <typename T>
+  const Kernels<T>& kernels() const;
+};
+
+template <>
+inline const Kernels<float>& Backend::kernels<float>() const { return f32; }
+template <>
+inline const Kernels<double>& Backend::kernels<double>() const { return f64; }
+
+// The backend in use: the fastest the CPU supports, or the one named by GPT2GEN_ISA.
+const Backend& backend();
+std::vector<std::string> supported_backends();
+void set_backend(const std::string& name);  // throws std::invalid_argument
+
+// One knob for every parallel region; work is split by output rows/heads, never by a reduction,
+// so results do not depend on it.
+int num_threads();
+void set_num_threads(int n);  // n <= 0 restores the default (the number of cores)
+
+}  // namespace gpt2gen

@@ -1,0 +1,473 @@
+// pybind11 bindings: the parameters are read in place from the caller's NumPy arrays (never
+// copied), every input is validated into a clear Python exception, and the GIL is released
+// around the C++ work.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "backend.hpp"
+#include "decode.hpp"
+#include "model.hpp"
+
+namespace py = pybind11;
+using namespace gpt2gen;
+
+namespace {
+
+std::string shape_str(const std::vector<py::ssize_t>& shape) {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << (shape.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+template <typename T>
+const char* dtype_name() {
+  return sizeof(T) == 4 ? "float32" : "float64";
+}
+
+// Walks the picoGPT parameter dict, checks every array and takes its data pointer.
+template <typename T>
+class ParamReader {
+ public:
+  py::list arrays;  // keeps every array alive as long as the model
+  std::vector<std::pair<std::string, uintptr_t>> addresses;
+
+  py::object child(py::handle node, const char* key, const std::string& path) {
+    const std::string child_path = path.empty() ? key : path + "." + key;
+    if (!py::hasattr(node, "__getitem__") || !py::hasattr(node, "__contains__"))
+      throw py::type_error("params" + (path.empty() ? "" : " entry '" + path + "'") +
+                           " must be a dict, got " + std::string(py::str(node.get_type())));
+    if (!node.contains(key)) throw py::value_error("params is missing '" + child_path + "'");
+    return node[key];
+  }
+
+  const T* array(py::handle node, const char* key, const std::string& path,
+                 const std::vector<py::ssize_t>& shape) {
+    const std::string name = path.empty() ? key : path + "." + key;
+    py::object obj = child(node, key, path);
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error("params '" + name + "' must be a NumPy array, got " +
+                           std::string(py::str(obj.get_type())));
+    py::array arr = py::reinterpret_borrow<py::array>(obj);
+    if (!py::isinstance<py::array_t<T>>(arr))
+      throw py::type_error("params '" + name + "' has dtype " + std::string(py::str(arr.dtype())) +
+                           " but 'wte' has dtype " + dtype_name<T>() +
+                           ": all parameters must share one dtype, float32 or float64 "
+                           "(gpt2gen reads them in place and never converts them silently)");
+    std::vector<py::ssize_t> actual(arr.shape(), arr.shape() + arr.ndim());
+    if (actual != shape)
+      throw py::value_error("params '" + name + "' has shape " + shape_str(actual) +
+                            ", expected " + shape_str(shape));
+    constexpr int kAligned = 0x0100;  // NPY_ARRAY_ALIGNED
+    if (!(arr.flags() & py::array::c_style) || !(arr.flags() & kAligned))
+      throw py::type_error("params '" + name +
+                           "' is not a C-contiguous aligned array; gpt2gen reads parameters in "
+                           "place, so pass np.ascontiguousarray(...) of it");
+    arrays.append(arr);
+    const T* data = static_cast<const T*>(arr.data());
+    addresses.emplace_back(name, reinterpret_cast<uintptr_t>(data));
+    return data;
+  }
+
+  LayerNormWeights<T> layer_norm(py::handle node, const char* key, const std::string& path,
+                                 py::ssize_t d) {
+    py::object ln = child(node, key, path);
+    const std::string p = path.empty() ? key : path + "." + key;
+    return {array(ln, "g", p, {d}), array(ln, "b", p, {d})};
+  }
+
+  LinearWeights<T> linear(py::handle node, const char* key, const std::string& path,
+                          py::ssize_t d_in, py::ssize_t d_out) {
+    py::object lin = child(node, key, path);
+    const std::string p = path + "." + key;
+    return {array(lin, "w", p, {d_in, d_out}), array(lin, "b", p, {d_out}),
+            static_cast<int>(d_in), static_cast<int>(d_out)};
+  }
+};
+
+py::ssize_t checked_dim(py::ssize_t d, const char* what) {
+  if (d < 1 || d > std::numeric_limits<int32_t>::max())
+    throw py::value_error(std::string(what) + " must be between 1 and 2^31 - 1, got " +
+                          std::to_string(d));
+  return d;
+}
+
+template <typename T>
+Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
+  Weights<T> w;
+  py::array wte = reader.child(params, "wte", "");
+  py::array wpe = reader.child(params, "wpe", "");
+  if (wte.ndim() != 2)
+    throw py::value_error("params 'wte' must be 2-D [n_vocab, n_embd], got " +
+                          std::to_string(wte.ndim()) + "-D");
+  if (wpe.ndim() != 2)
+    throw py::value_error("params 'wpe' must be 2-D [n_ctx, n_embd], got " +
+                          std::to_string(wpe.ndim()) + "-D");
+  const py::ssize_t n_vocab = checked_dim(wte.shape(0), "n_vocab (wte.shape[0])");
+  const py::ssize_t d = checked_dim(wte.shape(1), "n_embd (wte.shape[1])");
+  const py::ssize_t n_ctx = checked_dim(wpe.shape(0), "n_ctx (wpe.shape[0])");
+  w.n_vocab = static_cast<int>(n_vocab);
+  w.n_embd = static_cast<int>(d);
+  w.n_ctx = static_cast<int>(n_ctx);
+  w.n_head = n_head;
+  w.wte = reader.array(params, "wte", "", {n_vocab, d});
+  w.wpe = reader.array(params, "wpe", "", {n_ctx, d});
+  w.ln_f = reader.layer_norm(params, "ln_f", "", d);
+
+  py::object blocks = reader.child(params, "blocks", "");
+  if (!py::isinstance<py::sequence>(blocks) || py::isinstance<py::str>(blocks))
+    throw py::type_error("params 'blocks' must be a list of dicts");
+  const py::sequence block_list = py::reinterpret_borrow<py::sequence>(blocks);
+  if (block_list.size() > 0 && d % n_head != 0)
+    throw py::value_error("n_head = " + std::to_string(n_head) + " does not divide n_embd = " +
+                          std::to_string(d) + "; attention heads must split n_embd evenly");
+  py::ssize_t d_ff = 0;
+  for (size_t i = 0; i < block_list.size(); ++i) {
+    const std::string path = "blocks[" + std::to_string(i) + "]";
+    py::handle node = block_list[i];
+    if (d_ff == 0) {
+      py::object fc_w = reader.child(reader.child(reader.child(node, "mlp", path), "c_fc",
+                                                  path + ".mlp"),
+                                     "w", path + ".mlp.c_fc");
+      if (py::isinstance<py::array>(fc_w) && py::array(fc_w).ndim() == 2)
+        d_ff = checked_dim(py::array(fc_w).shape(1), "the feed-forward width (c_fc.w.shape[1])");
+      else
+        d_ff = 4 * d;  // let array() report the problem against GPT-2's usual shape
+    }
+    BlockWeights<T> b;
+    b.ln_1 = reader.layer_norm(node, "ln_1", path, d);
+    py::object attn = reader.child(node, "attn", path);
+    b.c_attn = reader.linear(attn, "c_attn", path + ".attn", d, 3 * d);
+    b.attn_proj = reader.linear(attn, "c_proj", path + ".attn", d, d);
+    b.ln_2 = reader.layer_norm(node, "ln_2", path, d);
+    py::object mlp = reader.child(node, "mlp", path);
+    b.c_fc = reader.linear(mlp, "c_fc", path + ".mlp", d, d_ff);
+    b.mlp_proj = reader.linear(mlp, "c_proj", path + ".mlp", d_ff, d);
+    w.blocks.push_back(b);
+  }
+  return w;
+}
+
+// Token ids from any 1-D sequence of integers, range-checked against the vocabulary.
+std::vector<int32_t> token_ids(py::handle obj, int n_vocab, const char* what) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr) throw py::type_error(std::string(what) + " must be a sequence of integer token ids");
+  if (arr.ndim() != 1)
+    throw py::value_error(std::string(what) + " must be 1-D, got shape " +
+                          shape_str({arr.shape(), arr.shape() + arr.ndim()}));
+  const char kind = arr.dtype().kind();
+  if (arr.size() > 0 && kind != 'i' && kind != 'u')
+    throw py::type_error(std::string(what) + " must be integer token ids, got dtype " +
+                         std::string(py::str(arr.dtype())));
+  auto ids = py::array_t<int64_t, py::array::forcecast>::ensure(arr);
+  std::vector<int32_t> out;
+  out.reserve(ids.size());
+  if (kind == 'u' && arr.dtype().itemsize() == 8) {  // uint64 ids above 2^63 wrap when cast
+    auto u = py::array_t<uint64_t, py::array::forcecast>::ensure(arr);
+    for (py::ssize_t i = 0; i < u.size(); ++i)
+      if (u.data()[i] >= uint64_t(n_vocab))
+        throw py::value_error(std::string(what) + "[" + std::to_string(i) + "] = " +
+                              std::to_string(u.data()[i]) + " is not a token id: the vocabulary "
+                              "has ids 0.." + std::to_string(n_vocab - 1));
+  }
+  for (py::ssize_t i = 0; i < ids.size(); ++i) {
+    const int64_t id = ids.data()[i];
+    if (id < 0 || id >= n_vocab)
+      throw py::value_error(std::string(what) + "[" + std::to_string(i) + "] = " +
+                            std::to_string(id) + " is not a token id: the vocabulary has ids 0.." +
+                            std::to_string(n_vocab - 1));
+    out.push_back(static_cast<int32_t>(id));
+  }
+  return out;
+}
+
+// A GPT-2 whose weights are views of the caller's arrays.
+class Model {
+ public:
+  Model(py::object params, py::object n_head_obj) {
+    if (!py::isinstance<py::int_>(n_head_obj) || py::isinstance<py::bool_>(n_head_obj))
+      throw py::type_error("n_head must be an int");
+    const long long n_head = n_head_obj.cast<long long>();
+    if (n_head < 1 || n_head > std::numeric_limits<int32_t>::max())
+      throw py::value_error("n_head must be a positive int, got " + std::to_string(n_head));
+    if (!py::hasattr(params, "__getitem__") || !py::hasattr(params, "__contains__"))
+      throw py::type_error("params must be a dict in picoGPT's layout (wte, wpe, blocks, ln_f)");
+    py::object wte = py::none();
+    if (params.contains("wte")) wte = params["wte"];
+    if (py::isinstance<py::array_t<float>>(wte))
+      init<float>(params, static_cast<int>(n_head));
+    else if (py::isinstance<py::array_t<double>>(wte))
+      init<double>(params, static_cast<int>(n_head));
+    else if (py::isinstance<py::array>(wte))
+      throw py::type_error("params 'wte' has dtype " +
+                           std::string(py::str(py::array(wte).dtype())) +
+                           "; gpt2gen reads float32 or float64 parameters in place, convert "
+                           "them once (e.g. arr.astype(np.float32))");
+    else
+      init<float>(params, static_cast<int>(n_head));  // reports the missing/non-array 'wte'
+  }
+
+  py::array forward(py::handle inputs) {
+    return std::visit(
+        [&](auto& w) -> py::array {
+          using T = typename std::decay_t<decltype(w)>::value_type;
+          const std::vector<int32_t> ids = token_ids(inputs, w.n_vocab, "inputs");
+          check_length(w, ids.size(), 0);
+          py::array_t<T> logits({py::ssize_t(ids.size()), py::ssize_t(w.n_vocab)});
+          T* out = logits.mutable_data();
+          {
+            py::gil_scoped_release release;
+            gpt2gen::forward<T>(w, ids, out);
+          }
+          return logits;
+        },
+        weights_);
+  }
+
+  std::vector<int32_t> generate(py::handle inputs, py::object n_new_obj, py::object on_token) {
+    const int n_new = token_count(n_new_obj);
+    return std::visit(
+        [&](auto& w) -> std::vector<int32_t> {
+          using T = typename std::decay_t<decltype(w)>::value_type;
+          const std::vector<int32_t> ids = token_ids(inputs, w.n_vocab, "inputs");
+          check_length(w, ids.size(), n_new);
+          std::function<bool(int32_t)> callback;
+          if (!on_token.is_none())
+            callback = [&on_token](int32_t token) {
+              py::gil_scoped_acquire gil;
+              py::object keep_going = on_token(token);
+              return keep_going.is_none() || py::bool_(keep_going);
+            };
+          py::gil_scoped_release release;
+          return gpt2gen::generate<T>(w, ids, n_new, callback);
+        },
+        weights_);
+  }
+
+  py::dict addresses() const {
+    py::dict out;
+    for (const auto& [name, address] : addresses_) out[py::str(name)] = address;
+    return out;
+  }
+
+  std::string dtype() const {
+    return std::holds_alternative<Weights<float>>(weights_) ? "float32" : "float64";
+  }
+
+  template <typename F>
+  auto with_weights(F&& f) const {
+    return std::visit([&](const auto& w) { return f(w); }, weights_);
+  }
+
+ private:
+  template <typename T>
+  void init(py::handle params, int n_head) {
+    ParamReader<T> reader;
+    weights_ = read_weights<T>(params, n_head, reader);
+    arrays_ = reader.arrays;
+    addresses_ = reader.addresses;
+  }
+
+  static int token_count(py::handle n) {
+    if (!py::isinstance<py::int_>(n) || py::isinstance<py::bool_>(n)) {
+      if (!py::hasattr(n, "__index__") || py::isinstance<py::bool_>(n))
+        throw py::type_error("n_tokens_to_generate must be an int, got " +
+                             std::string(py::str(n.get_type())));
+    }
+    const long long value = py::reinterpret_borrow<py::object>(n).attr("__index__")().cast<long long>();
+    if (value < 0)
+      throw py::value_error("n_tokens_to_generate must be >= 0, got " + std::to_string(value));
+    if (value > std::numeric_limits<int32_t>::max())
+      throw py::value_error("n_tokens_to_generate is too large: " + std::to_string(value));
+    return static_cast<int>(value);
+  }
+
+  template <typename W>
+  static void check_length(const W& w, size_t n_prompt, int n_new) {
+    if (n_prompt == 0)
+      throw py::value_error(
+          "inputs is empty: generation needs at least one prompt token (GPT-2 models "
+          "conventionally start from <|endoftext|>, id 50256)");
+    if (n_prompt + size_t(n_new) > size_t(w.n_ctx))
+      throw py::value_error("the prompt has " + std::to_string(n_prompt) + " tokens and " +
+                            std::to_string(n_new) + " more are asked for: " +
+                            std::to_string(n_prompt + n_new) + " positions exceed n_ctx = " +
+                            std::to_string(w.n_ctx));
+  }
+
+  std::variant<Weights<float>, Weights<double>> weights_;
+  py::list arrays_;
+  std::vector<std::pair<std::string, uintptr_t>> addresses_;
+};
+
+// --- kernels, one by one, for the tests against the NumPy reference -------------------------
+
+template <typename T>
+py::array_t<T> as_array(py::handle obj, const char* name, int ndim) {
+  if (!py::isinstance<py::array_t<T>>(obj))
+    throw py::type_error(std::string(name) + " must be a " + dtype_name<T>() + " array");
+  auto arr = py::reinterpret_borrow<py::array_t<T>>(obj);
+  if (!(arr.flags() & py::array::c_style))
+    throw py::type_error(std::string(name) + " must be C-contiguous");
+  if (arr.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D");
+  return arr;
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw py::value_error(message);
+}
+
+// Calls f.template operator()<T>() with T the dtype of x (float32 or float64).
+template <typename F>
+py::object dispatch(py::handle x, F&& f) {
+  if (py::isinstance<py::array_t<float>>(x)) return f(float{});
+  if (py::isinstance<py::array_t<double>>(x)) return f(double{});
+  throw py::type_error("expected a float32 or float64 array");
+}
+
+void bind_kernels(py::module_& m) {
+  m.def("layer_norm", [](py::handle x_obj, py::handle g_obj, py::handle b_obj) {
+    return dispatch(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 2), g = as_array<T>(g_obj, "g", 1),
+           b = as_array<T>(b_obj, "b", 1);
+      const int n = x.shape(0), d = x.shape(1);
+      require(d > 0 && g.shape(0) == d && b.shape(0) == d, "g and b must have x.shape[1] elements");
+      py::array_t<T> out({n, d});
+      T* o = out.mutable_data();
+      py::gil_scoped_release release;
+      backend().kernels<T>().layer_norm(x.data(), n, d, {g.data(), b.data()}, o);
+      return out;
+    });
+  });
+  m.def("gelu", [](py::handle x_obj) {
+    return dispatch(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 1);
+      py::array_t<T> out(x.size());
+      std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+      backend().kernels<T>().gelu(out.mutable_data(), out.size());
+      return out;
+    });
+  });
+  m.def("softmax", [](py::handle x_obj) {
+    return dispatch(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 1);
+      require(x.size() > 0, "x must not be empty");
+      py::array_t<T> out(x.size());
+      std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+      backend().kernels<T>().softmax(out.mutable_data(), out.size());
+      return out;
+    });
+  });
+  m.def("linear", [](py::handle x_obj, py::handle w_obj, py::handle b_obj) {
+    return dispatch(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 2), w = as_array<T>(w_obj, "w", 2),
+           b = as_array<T>(b_obj, "b", 1);
+      const int n = x.shape(0), d_in = x.shape(1), d_out = w.shape(1);
+      require(w.shape(0) == d_in && b.shape(0) == d_out, "shapes must be x[n, in], w[in, out], b[out]");
+      py::array_t<T> out({n, d_out});
+      T* o = out.mutable_data();
+      py::gil_scoped_release release;
+      backend().kernels<T>().linear(x.data(), n, {w.data(), b.data(), d_in, d_out}, o);
+      return out;
+    });
+  });
+  m.def("unembed", [](py::handle x_obj, py::handle wte_obj) {
+    return dispatch(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 2), wte = as_array<T>(wte_obj, "wte", 2);
+      const int n = x.shape(0), d = x.shape(1), n_vocab = wte.shape(0);
+      require(wte.shape(1) == d, "shapes must be x[n, d], wte[n_vocab, d]");
+      py::array_t<T> out({n, n_vocab});
+      T* o = out.mutable_data();
+      py::gil_scoped_release release;
+      backend().kernels<T>().unembed(x.data(), n, wte.data(), n_vocab, d, o);
+      return out;
+    });
+  });
+  m.def("embedding", [](py::handle wte_obj, py::handle wpe_obj, py::handle ids_obj, int pos0) {
+    return dispatch(wte_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto wte = as_array<T>(wte_obj, "wte", 2), wpe = as_array<T>(wpe_obj, "wpe", 2);
+      const int d = wte.shape(1);
+      require(wpe.shape(1) == d, "wte and wpe must have the same width");
+      const std::vector<int32_t> ids = token_ids(ids_obj, wte.shape(0), "ids");
+      require(pos0 >= 0 && pos0 + ids.size() <= size_t(wpe.shape(0)), "positions exceed wpe");
+      py::array_t<T> out({py::ssize_t(ids.size()), py::ssize_t(d)});
+      backend().kernels<T>().embedding(wte.data(), wpe.data(), d, ids.data(), ids.size(), pos0,
+                                       out.mutable_data());
+      return out;
+    });
+  });
+  m.def("attention", [](py::handle qkv_obj, int n_head) {
+    return dispatch(qkv_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto qkv = as_array<T>(qkv_obj, "qkv", 2);
+      const int n = qkv.shape(0), d = qkv.shape(1) / 3;
+      require(n > 0 && n_head > 0 && qkv.shape(1) == 3 * d && d % n_head == 0,
+              "qkv must be [n, 3 * n_embd] with n_head dividing n_embd");
+      py::array_t<T> out({n, d});
+      T* o = out.mutable_data();
+      py::gil_scoped_release release;
+      std::vector<T> keys(size_t(n) * d), values(keys.size()), scores(size_t(n_head) * n);
+      backend().kernels<T>().attention(qkv.data(), n, d, n_head, 0, keys.data(), values.data(), n,
+                                       scores.data(), o);
+      return out;
+    });
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "gpt2gen's C++ engine";
+
+  py::class_<Model>(m, "Model",
+                    "GPT-2 over the caller's parameter arrays (picoGPT layout), read in place.")
+      .def(py::init<py::object, py::object>(), py::arg("params"), py::arg("n_head"))
+      .def("forward", &Model::forward, py::arg("inputs"),
+           "Logits [len(inputs), n_vocab] of every position.")
+      .def("generate", &Model::generate, py::arg("inputs"), py::arg("n_tokens_to_generate"),
+           py::arg("on_token") = py::none(),
+           "Greedy generation; returns the new token ids. on_token(id) is called per token and "
+           "stops the loop by returning False.")
+      .def("addresses", &Model::addresses,
+           "The address of every parameter array the engine reads, by key path.")
+      .def_property_readonly("dtype", &Model::dtype)
+      .def_property_readonly("n_vocab", [](const Model& m) { return m.with_weights([](const auto& w) { return w.n_vocab; }); })
+      .def_property_readonly("n_ctx", [](const Model& m) { return m.with_weights([](const auto& w) { return w.n_ctx; }); })
+      .def_property_readonly("n_embd", [](const Model& m) { return m.with_weights([](const auto& w) { return w.n_embd; }); })
+      .def_property_readonly("n_head", [](const Model& m) { return m.with_weights([](const auto& w) { return w.n_head; }); })
+      .def_property_readonly("n_layer", [](const Model& m) { return m.with_weights([](const auto& w) { return w.n_layer(); }); });
+
+  m.def("backend", []() { return std::string(backend().name); },
+        "The instruction set whose kernels are in use.");
+  m.def("supported_backends", &supported_backends);
+  m.def("set_backend", [](const std::string& name) {
+    try {
+      set_backend(name);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  });
+  m.def("num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+
+  py::module_ kernels = m.def_submodule("kernels", "Single kernels, for tests and benchmarks.");
+  bind_kernels(kernels);
+}

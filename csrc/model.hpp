@@ -1,0 +1,76 @@
+// The model's data: weights (viewed, never owned), the KV cache and scratch activations.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace gpt2gen {
+
+template <typename T>
+struct LayerNormWeights {
+  const T* g;
+  const T* b;
+};
+
+// y = x·w + b with GPT-2's layout w[d_in, d_out].
+template <typename T>
+struct LinearWeights {
+  const T* w;
+  const T* b;
+  int d_in;
+  int d_out;
+};
+
+template <typename T>
+struct BlockWeights {
+  LayerNormWeights<T> ln_1, ln_2;
+  LinearWeights<T> c_attn, attn_proj;  // attn.c_attn, attn.c_proj
+  LinearWeights<T> c_fc, mlp_proj;     // mlp.c_fc, mlp.c_proj
+};
+
+// Pointers into the caller's arrays: the engine never copies or frees them.
+template <typename T>
+struct Weights {
+  using value_type = T;
+  int n_vocab = 0, n_ctx = 0, n_embd = 0, n_head = 0;
+  const T* wte = nullptr;  // [n_vocab, n_embd], also the output projection (tied)
+  const T* wpe = nullptr;  // [n_ctx, n_embd]
+  std::vector<BlockWeights<T>> blocks;
+  LayerNormWeights<T> ln_f{};
+
+  int n_layer() const { return static_cast<int>(blocks.size()); }
+  int head_dim() const { return n_head > 0 ? n_embd / n_head : 0; }
+  int d_ff() const { return blocks.empty() ? 0 : blocks[0].c_fc.d_out; }
+};
+
+// Keys and values of every position processed so far, laid out [layer][head][position][head_dim]
+// so that one head's keys are contiguous for the dot products of attention.
+template <typename T>
+struct KVCache {
+  int n_head = 0, head_dim = 0, capacity = 0;
+  int length = 0;  // positions stored
+  std::vector<T> k, v;
+
+  KVCache(const Weights<T>& w, int capacity)
+      : n_head(w.n_head), head_dim(w.head_dim()), capacity(capacity),
+        k(layer_size() * w.n_layer()), v(layer_size() * w.n_layer()) {}
+
+  size_t layer_size() const { return static_cast<size_t>(n_head) * capacity * head_dim; }
+  T* keys(int layer) { return k.data() + layer * layer_size(); }
+  T* values(int layer) { return v.data() + layer * layer_size(); }
+};
+
+// Activations for up to max_rows positions at once, allocated once per generation so the decode
+// loop does not allocate.
+template <typename T>
+struct Workspace {
+  std::vector<T> x, h, h2, qkv, att, mlp, scores;
+
+  Workspace(const Weights<T>& w, int max_rows, int capacity)
+      : x(size_t(max_rows) * w.n_embd), h(x.size()), h2(x.size()), qkv(3 * x.size()),
+        att(x.size()), mlp(size_t(max_rows) * w.d_ff()),
+        scores(size_t(w.n_layer() > 0 ? w.n_head : 0) * capacity) {}
+};
+
+}  // namespace gpt2gen
