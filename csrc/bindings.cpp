@@ -36,6 +36,10 @@ const char* dtype_name() {
   return sizeof(T) == 4 ? "float32" : "float64";
 }
 
+bool is_mapping(py::handle obj) {
+  return py::isinstance(obj, py::module_::import("collections.abc").attr("Mapping"));
+}
+
 // Walks the picoGPT parameter dict, checks every array and takes its data pointer.
 template <typename T>
 class ParamReader {
@@ -45,7 +49,7 @@ class ParamReader {
 
   py::object child(py::handle node, const char* key, const std::string& path) {
     const std::string child_path = path.empty() ? key : path + "." + key;
-    if (!py::hasattr(node, "__getitem__") || !py::hasattr(node, "__contains__"))
+    if (!is_mapping(node))
       throw py::type_error("params" + (path.empty() ? "" : " entry '" + path + "'") +
                            " must be a dict, got " + std::string(py::str(node.get_type())));
     if (!node.contains(key)) throw py::value_error("params is missing '" + child_path + "'");
@@ -163,13 +167,13 @@ Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
 std::vector<int32_t> token_ids(py::handle obj, int n_vocab, const char* what) {
   py::array arr = py::array::ensure(obj);
   if (!arr) throw py::type_error(std::string(what) + " must be a sequence of integer token ids");
+  const char kind = arr.dtype().kind();
+  if ((arr.size() > 0 || arr.ndim() == 0) && kind != 'i' && kind != 'u')
+    throw py::type_error(std::string(what) + " must be integer token ids, got dtype " +
+                         std::string(py::str(arr.dtype())));
   if (arr.ndim() != 1)
     throw py::value_error(std::string(what) + " must be 1-D, got shape " +
                           shape_str({arr.shape(), arr.shape() + arr.ndim()}));
-  const char kind = arr.dtype().kind();
-  if (arr.size() > 0 && kind != 'i' && kind != 'u')
-    throw py::type_error(std::string(what) + " must be integer token ids, got dtype " +
-                         std::string(py::str(arr.dtype())));
   auto ids = py::array_t<int64_t, py::array::forcecast>::ensure(arr);
   std::vector<int32_t> out;
   out.reserve(ids.size());
@@ -201,7 +205,7 @@ class Model {
     const long long n_head = n_head_obj.cast<long long>();
     if (n_head < 1 || n_head > std::numeric_limits<int32_t>::max())
       throw py::value_error("n_head must be a positive int, got " + std::to_string(n_head));
-    if (!py::hasattr(params, "__getitem__") || !py::hasattr(params, "__contains__"))
+    if (!is_mapping(params))
       throw py::type_error("params must be a dict in picoGPT's layout (wte, wpe, blocks, ln_f)");
     py::object wte = py::none();
     if (params.contains("wte")) wte = params["wte"];
@@ -251,6 +255,47 @@ class Model {
             };
           py::gil_scoped_release release;
           return gpt2gen::generate<T>(w, ids, n_new, callback);
+        },
+        weights_);
+  }
+
+  // A generation advanced one token per call, for streaming.
+  class Stream {
+   public:
+    template <typename T>
+    Stream(std::unique_ptr<Generator<T>> g) : generator_(std::move(g)) {}
+
+    int32_t next() {
+      return std::visit(
+          [](auto& g) {
+            if (g->produced() >= g->max_new_tokens()) throw py::stop_iteration();
+            py::gil_scoped_release release;
+            return g->next();
+          },
+          generator_);
+    }
+
+    py::array logits() const {
+      return std::visit(
+          [](const auto& g) -> py::array {
+            if (g->produced() == 0) throw py::value_error("no token has been generated yet");
+            return py::array(py::ssize_t(g->logits().size()), g->logits().data());
+          },
+          generator_);
+    }
+
+   private:
+    std::variant<std::unique_ptr<Generator<float>>, std::unique_ptr<Generator<double>>> generator_;
+  };
+
+  Stream stream(py::handle inputs, py::object n_new_obj) {
+    const int n_new = token_count(n_new_obj);
+    return std::visit(
+        [&](auto& w) -> Stream {
+          using T = typename std::decay_t<decltype(w)>::value_type;
+          std::vector<int32_t> ids = token_ids(inputs, w.n_vocab, "inputs");
+          check_length(w, ids.size(), n_new);
+          return Stream(std::make_unique<Generator<T>>(w, std::move(ids), n_new));
         },
         weights_);
   }
@@ -437,6 +482,11 @@ void bind_kernels(py::module_& m) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "gpt2gen's C++ engine";
 
+  py::class_<Model::Stream>(m, "Stream", "A greedy generation advanced one token per next().")
+      .def("__iter__", [](py::object self) { return self; })
+      .def("__next__", &Model::Stream::next)
+      .def("logits", &Model::Stream::logits, "Logits the last token was chosen from (a copy).");
+
   py::class_<Model>(m, "Model",
                     "GPT-2 over the caller's parameter arrays (picoGPT layout), read in place.")
       .def(py::init<py::object, py::object>(), py::arg("params"), py::arg("n_head"))
@@ -446,6 +496,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("on_token") = py::none(),
            "Greedy generation; returns the new token ids. on_token(id) is called per token and "
            "stops the loop by returning False.")
+      .def("stream", &Model::stream, py::arg("inputs"), py::arg("n_tokens_to_generate"),
+           py::keep_alive<0, 1>(), "An iterator over the new token ids, one forward step each.")
       .def("addresses", &Model::addresses,
            "The address of every parameter array the engine reads, by key path.")
       .def_property_readonly("dtype", &Model::dtype)

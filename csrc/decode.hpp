@@ -24,6 +24,7 @@ class Generator {
   int32_t next();
   int produced() const { return produced_; }
   int max_new_tokens() const { return max_new_tokens_; }
+  const std::vector<T>& logits() const { return logits_; }  // those the last token came from
 
  private:
   Weights<T> weights_;

@@ -1,0 +1,151 @@
+"""The whole model against the NumPy reference: logits, greedy generation, the KV cache."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpt2gen
+from gpt2gen import _core, reference
+from random_models import random_params
+
+CONFIGS = [  # n_layer, n_embd, n_head, n_vocab, n_ctx
+    (0, 10, 12, 3, 1024),  # the exercise's shape: n_head need not divide n_embd without blocks
+    (1, 8, 1, 50, 16),
+    (2, 32, 4, 101, 64),
+    (3, 48, 6, 301, 77),
+    (4, 64, 8, 2003, 130),
+    (2, 36, 3, 997, 200),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_logits_match_reference(config, dtype):
+    n_layer, n_embd, n_head, n_vocab, n_ctx = config
+    rng = np.random.default_rng(sum(config))
+    params = random_params(rng, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_vocab=n_vocab,
+                           n_ctx=n_ctx, dtype=dtype)
+    for n in sorted({1, 2, 7, min(n_ctx - 1, 90), n_ctx - 1}):
+        ids = rng.integers(0, n_vocab, n)
+        logits = gpt2gen.forward(ids, params, n_head)
+        expected = reference.gpt2(ids, **params, n_head=n_head)
+        assert logits.shape == (n, n_vocab) and logits.dtype == dtype
+        if dtype == np.float64:
+            np.testing.assert_allclose(logits, expected, rtol=1e-9, atol=1e-5)
+        else:
+            scale = np.abs(expected).max()
+            np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_layer=st.integers(0, 4),
+    head_dim=st.integers(1, 16),
+    n_head=st.integers(1, 6),
+    n_vocab=st.integers(2, 3000),
+    n_ctx=st.integers(2, 96),
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_random_configs_match_reference(n_layer, head_dim, n_head, n_vocab, n_ctx, seed, dtype):
+    rng = np.random.default_rng(seed)
+    params = random_params(rng, n_layer=n_layer, n_embd=head_dim * n_head, n_head=n_head,
+                           n_vocab=n_vocab, n_ctx=n_ctx, dtype=dtype)
+    ids = rng.integers(0, n_vocab, rng.integers(1, n_ctx))
+    expected = reference.gpt2(ids, **params, n_head=n_head)
+    logits = gpt2gen.forward(ids, params, n_head)
+    tol = 1e-5 if dtype == np.float64 else 1e-4 * max(1.0, np.abs(expected).max())
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("config", CONFIGS[1:5])
+def test_greedy_generation_matches_reference(config, dtype):
+    n_layer, n_embd, n_head, n_vocab, n_ctx = config
+    rng = np.random.default_rng(7 + sum(config))
+    # A larger scale gives peaked distributions, so near-ties (where float32 rounding could
+    # legitimately pick another token) are unlikely.
+    params = random_params(rng, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_vocab=n_vocab,
+                           n_ctx=n_ctx, dtype=dtype, scale=0.5)
+    prompt = list(rng.integers(0, n_vocab, 3))
+    n_new = min(60, n_ctx - len(prompt))
+    assert gpt2gen.generate(prompt, params, n_head, n_new) == reference.generate(
+        prompt, params, n_head, n_new)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kv_cache_equals_full_recompute_at_every_step(dtype):
+    rng = np.random.default_rng(11)
+    params = random_params(rng, n_layer=3, n_embd=48, n_head=4, n_vocab=257, n_ctx=80, dtype=dtype)
+    model = _core.Model(params, 4)
+    sequence = list(rng.integers(0, 257, 5))
+    stream = model.stream(sequence, 60)
+    for token in stream:
+        full = model.forward(sequence)[-1]
+        # Same kernels, same accumulation order: the cached step is bit-identical.
+        np.testing.assert_array_equal(stream.logits(), full)
+        assert token == int(np.argmax(full))
+        sequence.append(token)
+    assert len(sequence) == 65
+
+
+def test_stream_and_generate_agree():
+    rng = np.random.default_rng(12)
+    params = random_params(rng, n_layer=2, n_embd=32, n_head=2, n_vocab=97, n_ctx=50)
+    model = _core.Model(params, 2)
+    assert list(model.stream([1, 2, 3], 40)) == gpt2gen.generate([1, 2, 3], params, 2, 40)
+
+
+def test_results_do_not_depend_on_thread_count():
+    rng = np.random.default_rng(13)
+    params = random_params(rng, n_layer=2, n_embd=64, n_head=4, n_vocab=999, n_ctx=128)
+    ids = rng.integers(0, 999, 100)
+    before = gpt2gen.num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            gpt2gen.set_num_threads(threads)
+            results.append((gpt2gen.forward(ids, params, 4), gpt2gen.generate(ids[:5], params, 4, 20)))
+    finally:
+        gpt2gen.set_num_threads(before)
+    for logits, tokens in results[1:]:
+        np.testing.assert_array_equal(logits, results[0][0])
+        assert tokens == results[0][1]
+
+
+@pytest.mark.parametrize("backend", gpt2gen.supported_backends())
+def test_every_backend_matches_reference(backend):
+    rng = np.random.default_rng(14)
+    params = random_params(rng, n_layer=2, n_embd=48, n_head=3, n_vocab=500, n_ctx=64)
+    ids = rng.integers(0, 500, 40)
+    previous = gpt2gen.backend()
+    gpt2gen.set_backend(backend)
+    try:
+        logits = gpt2gen.forward(ids, params, 3)
+    finally:
+        gpt2gen.set_backend(previous)
+    expected = reference.gpt2(ids, **params, n_head=3)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_on_token_callback_sees_each_token_and_can_stop():
+    rng = np.random.default_rng(15)
+    params = random_params(rng, n_layer=1, n_embd=16, n_head=2, n_vocab=50, n_ctx=40)
+    seen = []
+    full = gpt2gen.generate([3], params, 2, 20)
+    stopped = gpt2gen.generate([3], params, 2, 20, on_token=lambda t: seen.append(t) or len(seen) < 5)
+    assert seen == full[:5] and stopped == full[:5]
+
+
+def test_prompt_filling_the_context_exactly():
+    rng = np.random.default_rng(16)
+    params = random_params(rng, n_layer=1, n_embd=16, n_head=2, n_vocab=50, n_ctx=20)
+    ids = list(rng.integers(0, 50, 15))
+    assert gpt2gen.generate(ids, params, 2, 5) == reference.generate(ids, params, 2, 5)
+    assert gpt2gen.forward(list(rng.integers(0, 50, 20)), params, 2).shape == (20, 50)
+
+
+def test_zero_tokens_to_generate():
+    params = random_params(np.random.default_rng(17), n_layer=1, n_embd=8, n_head=2)
+    assert gpt2gen.generate([1, 2], params, 2, 0) == []
