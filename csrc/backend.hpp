@@ -24,10 +24,11 @@ struct Kernels {
   void (*unembed)(const T* x, int n, const T* wte, int n_vocab, int d, T* out);
   void (*attention)(const T* qkv, int n, int n_embd, int n_head, int pos0, T* keys, T* values,
                     int capacity, T* scores, T* out);
-  // Runs n new positions through the model, appending them to the cache; writes the logits of
-  // every new position (all_rows) or of the last one only.
-  void (*forward)(const Weights<T>& w, KVCache<T>& cache, Workspace<T>& ws, const int32_t* ids,
-                  int n, bool all_rows, T* logits);
+  // Runs the new positions of each segment through the model, appending them to the segment's
+  // cache; all segments' rows go through each matrix product together. Writes the logits of every
+  // new row (all_rows) or of each segment's last row only.
+  void (*forward)(const Weights<T>& w, const Segment<T>* segments, int n_segments,
+                  Workspace<T>& ws, bool all_rows, T* logits);
 };
 
 struct Backend {

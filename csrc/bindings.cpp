@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -38,6 +39,14 @@ const char* dtype_name() {
 
 bool is_mapping(py::handle obj) {
   return py::isinstance(obj, py::module_::import("collections.abc").attr("Mapping"));
+}
+
+// Calls f.template operator()<T>() with T the dtype of x (float32 or float64).
+template <typename F>
+auto dispatch_array(py::handle x, F&& f) {
+  if (py::isinstance<py::array_t<float>>(x)) return f(float{});
+  if (py::isinstance<py::array_t<double>>(x)) return f(double{});
+  throw py::type_error("expected a float32 or float64 array");
 }
 
 // Walks the picoGPT parameter dict, checks every array and takes its data pointer.
@@ -239,63 +248,59 @@ class Model {
         weights_);
   }
 
-  std::vector<int32_t> generate(py::handle inputs, py::object n_new_obj, py::object on_token) {
-    const int n_new = token_count(n_new_obj);
-    return std::visit(
-        [&](auto& w) -> std::vector<int32_t> {
-          using T = typename std::decay_t<decltype(w)>::value_type;
-          const std::vector<int32_t> ids = token_ids(inputs, w.n_vocab, "inputs");
-          check_length(w, ids.size(), n_new);
-          std::function<bool(int32_t)> callback;
-          if (!on_token.is_none())
-            callback = [&on_token](int32_t token) {
-              py::gil_scoped_acquire gil;
-              py::object keep_going = on_token(token);
-              return keep_going.is_none() || py::bool_(keep_going);
-            };
-          py::gil_scoped_release release;
-          return gpt2gen::generate<T>(w, ids, n_new, callback);
-        },
-        weights_);
-  }
-
-  // A generation advanced one token per call, for streaming.
-  class Stream {
-   public:
-    template <typename T>
-    Stream(std::unique_ptr<Generator<T>> g) : generator_(std::move(g)) {}
-
-    int32_t next() {
-      return std::visit(
-          [](auto& g) {
-            if (g->produced() >= g->max_new_tokens()) throw py::stop_iteration();
-            py::gil_scoped_release release;
-            return g->next();
-          },
-          generator_);
-    }
-
-    py::array logits() const {
-      return std::visit(
-          [](const auto& g) -> py::array {
-            if (g->produced() == 0) throw py::value_error("no token has been generated yet");
-            return py::array(py::ssize_t(g->logits().size()), g->logits().data());
-          },
-          generator_);
-    }
-
-   private:
-    std::variant<std::unique_ptr<Generator<float>>, std::unique_ptr<Generator<double>>> generator_;
+  // Generation options, already type-checked by python/gpt2gen/engine.py; ranges are checked in
+  // C++ (SamplingOptions::validate, BatchGenerator) and arrive as ValueError.
+  struct Request {
+    std::vector<std::vector<int32_t>> prompts;
+    GenerationOptions options;
   };
 
-  Stream stream(py::handle inputs, py::object n_new_obj) {
-    const int n_new = token_count(n_new_obj);
+  template <typename W>
+  Request request(const W& w, const py::list& prompts, int max_new_tokens, const py::dict& kw) const {
+    Request r;
+    for (size_t i = 0; i < prompts.size(); ++i)
+      r.prompts.push_back(token_ids(prompts[i], w.n_vocab,
+                                    prompts.size() > 1 ? ("inputs[" + std::to_string(i) + "]").c_str()
+                                                       : "inputs"));
+    GenerationOptions& o = r.options;
+    o.max_new_tokens = max_new_tokens;
+    SamplingOptions& s = o.sampling;
+    s.temperature = kw["temperature"].cast<double>();
+    s.top_k = kw["top_k"].cast<int>();
+    s.top_p = kw["top_p"].cast<double>();
+    s.min_p = kw["min_p"].cast<double>();
+    s.repetition_penalty = kw["repetition_penalty"].cast<double>();
+    s.presence_penalty = kw["presence_penalty"].cast<double>();
+    s.frequency_penalty = kw["frequency_penalty"].cast<double>();
+    o.seeds = kw["seeds"].cast<std::vector<uint64_t>>();
+    o.eos_token_ids = kw["eos_token_ids"].cast<std::vector<int32_t>>();
+    for (int32_t eos : o.eos_token_ids)
+      if (eos < 0 || eos >= w.n_vocab)
+        throw py::value_error("eos_token_id " + std::to_string(eos) +
+                              " is not a token id: the vocabulary has ids 0.." +
+                              std::to_string(w.n_vocab - 1));
+    o.top_logprobs = kw["top_logprobs"].cast<int>();
+    o.slide_context = kw["slide_context"].cast<bool>();
+    return r;
+  }
+
+  py::list generate(const py::list& prompts, int max_new_tokens, const py::dict& kw,
+                    py::object on_token, py::object cancel);
+
+  py::object start(const py::list& prompts, int max_new_tokens, const py::dict& kw);
+
+  py::array score(py::handle inputs) {
     return std::visit(
-        [&](auto& w) -> Stream {
+        [&](auto& w) -> py::array {
           using T = typename std::decay_t<decltype(w)>::value_type;
-          std::vector<int32_t> ids = token_ids(inputs, w.n_vocab, "inputs");
-          check_length(w, ids.size(), n_new);
-          return Stream(std::make_unique<Generator<T>>(w, std::move(ids), n_new));
+          const std::vector<int32_t> ids = token_ids(inputs, w.n_vocab, "inputs");
+          check_length(w, ids.size(), 0);
+          std::vector<double> logprobs;
+          {
+            py::gil_scoped_release release;
+            logprobs = gpt2gen::score<T>(w, ids);
+          }
+          return py::array(py::ssize_t(logprobs.size()), logprobs.data());
         },
         weights_);
   }
@@ -324,20 +329,6 @@ class Model {
     addresses_ = reader.addresses;
   }
 
-  static int token_count(py::handle n) {
-    if (!py::isinstance<py::int_>(n) || py::isinstance<py::bool_>(n)) {
-      if (!py::hasattr(n, "__index__") || py::isinstance<py::bool_>(n))
-        throw py::type_error("n_tokens_to_generate must be an int, got " +
-                             std::string(py::str(n.get_type())));
-    }
-    const long long value = py::reinterpret_borrow<py::object>(n).attr("__index__")().cast<long long>();
-    if (value < 0)
-      throw py::value_error("n_tokens_to_generate must be >= 0, got " + std::to_string(value));
-    if (value > std::numeric_limits<int32_t>::max())
-      throw py::value_error("n_tokens_to_generate is too large: " + std::to_string(value));
-    return static_cast<int>(value);
-  }
-
   template <typename W>
   static void check_length(const W& w, size_t n_prompt, int n_new) {
     if (n_prompt == 0)
@@ -355,6 +346,153 @@ class Model {
   py::list arrays_;
   std::vector<std::pair<std::string, uintptr_t>> addresses_;
 };
+
+// Set from any thread; a running generate() checks it before every step.
+struct CancelToken {
+  std::atomic<bool> cancelled{false};
+};
+
+std::atomic<long> live_generations{0};
+
+// A generation stepped from Python (streaming, stop strings): one token per sequence per step().
+class Generation {
+ public:
+  template <typename T>
+  Generation(std::unique_ptr<BatchGenerator<T>> g) : generator_(std::move(g)) {
+    ++live_generations;
+  }
+  ~Generation() { --live_generations; }
+  Generation(const Generation&) = delete;
+
+  // [(sequence, token)] for every sequence that advanced; [] once all are finished.
+  std::vector<std::pair<int, int32_t>> step() {
+    return std::visit(
+        [](auto& g) {
+          std::vector<std::pair<int, int32_t>> out;
+          if (g->done()) return out;
+          std::vector<int> stepped;
+          {
+            py::gil_scoped_release release;
+            stepped = g->step();
+          }
+          for (int i : stepped) out.emplace_back(i, g->sequence(i).generated.back());
+          return out;
+        },
+        generator_);
+  }
+
+  void stop(int i) {
+    std::visit([&](auto& g) { g->stop(checked(i), FinishReason::stopped); }, generator_);
+  }
+  bool done() const {
+    return std::visit([](const auto& g) { return g->done(); }, generator_);
+  }
+  int size() const {
+    return std::visit([](const auto& g) { return g->size(); }, generator_);
+  }
+  std::vector<int32_t> generated(int i) const {
+    return std::visit([&](const auto& g) { return g->sequence(checked(i)).generated; }, generator_);
+  }
+  std::string finish_reason(int i) const {
+    return std::visit([&](const auto& g) { return std::string(to_string(g->sequence(checked(i)).finish)); },
+                      generator_);
+  }
+  py::array logits(int i) const {
+    return std::visit(
+        [&](const auto& g) -> py::array {
+          const auto* row = g->logits(checked(i));
+          if (!row) throw py::value_error("sequence " + std::to_string(i) + " has no token yet");
+          return py::array(py::ssize_t(g->sequence(i).sampler.n_vocab()), row);
+        },
+        generator_);
+  }
+
+  // [(token, logprob, [(alternative, logprob), ...])] per generated token, if asked for.
+  py::list logprobs(int i) const {
+    return std::visit(
+        [&](const auto& g) {
+          const auto& s = g->sequence(checked(i));
+          py::list out;
+          for (size_t k = 0; k < s.logprobs.size(); ++k) {
+            py::list top;
+            for (const TokenLogprob& t : s.top_logprobs[k]) top.append(py::make_tuple(t.token, t.logprob));
+            out.append(py::make_tuple(s.logprobs[k].token, s.logprobs[k].logprob, top));
+          }
+          return out;
+        },
+        generator_);
+  }
+
+ private:
+  int checked(int i) const {
+    if (i < 0 || i >= size()) throw py::index_error("no sequence " + std::to_string(i));
+    return i;
+  }
+
+  std::variant<std::unique_ptr<BatchGenerator<float>>, std::unique_ptr<BatchGenerator<double>>>
+      generator_;
+};
+
+py::list Model::generate(const py::list& prompts, int max_new_tokens, const py::dict& kw,
+                         py::object on_token, py::object cancel) {
+  return std::visit(
+      [&](auto& w) -> py::list {
+        using T = typename std::decay_t<decltype(w)>::value_type;
+        Request r = request(w, prompts, max_new_tokens, kw);
+        std::function<bool(int, int32_t)> callback;
+        if (!on_token.is_none())
+          callback = [&on_token](int i, int32_t token) {
+            py::gil_scoped_acquire gil;
+            py::object keep_going = on_token(i, token);
+            return keep_going.is_none() || py::bool_(keep_going);
+          };
+        const std::atomic<bool>* flag = cancel.is_none() ? nullptr : &cancel.cast<CancelToken&>().cancelled;
+        std::vector<std::vector<int32_t>> out;
+        {
+          py::gil_scoped_release release;
+          out = gpt2gen::generate<T>(w, r.prompts, r.options, callback, flag);
+        }
+        return py::cast(out);
+      },
+      weights_);
+}
+
+py::object Model::start(const py::list& prompts, int max_new_tokens, const py::dict& kw) {
+  return std::visit(
+      [&](auto& w) -> py::object {
+        using T = typename std::decay_t<decltype(w)>::value_type;
+        Request r = request(w, prompts, max_new_tokens, kw);
+        return py::cast(new Generation(std::make_unique<BatchGenerator<T>>(w, r.prompts, r.options)),
+                        py::return_value_policy::take_ownership);
+      },
+      weights_);
+}
+
+// The distribution sampling draws from after every processor, for tests against transformers.
+py::array processed_probabilities(py::handle logits_obj, py::handle prompt_obj, py::handle output_obj,
+                                  const py::dict& kw) {
+  return dispatch_array(logits_obj, [&](auto t) -> py::array {
+    using T = decltype(t);
+    if (py::reinterpret_borrow<py::array>(logits_obj).ndim() != 1)
+      throw py::value_error("logits must be 1-D");
+    auto logits = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(logits_obj);
+    const int n_vocab = static_cast<int>(logits.size());
+    if (n_vocab == 0) throw py::value_error("logits must not be empty");
+    SamplingOptions o;
+    o.temperature = kw["temperature"].cast<double>();
+    o.top_k = kw["top_k"].cast<int>();
+    o.top_p = kw["top_p"].cast<double>();
+    o.min_p = kw["min_p"].cast<double>();
+    o.repetition_penalty = kw["repetition_penalty"].cast<double>();
+    o.presence_penalty = kw["presence_penalty"].cast<double>();
+    o.frequency_penalty = kw["frequency_penalty"].cast<double>();
+    o.validate();
+    Sampler sampler(o, n_vocab, token_ids(prompt_obj, n_vocab, "prompt_ids"));
+    for (int32_t token : token_ids(output_obj, n_vocab, "output_ids")) sampler.observe(token);
+    const std::vector<double> probs = sampler.probabilities(logits.data());
+    return py::array(py::ssize_t(probs.size()), probs.data());
+  });
+}
 
 // --- kernels, one by one, for the tests against the NumPy reference -------------------------
 
@@ -374,17 +512,9 @@ void require(bool ok, const std::string& message) {
   if (!ok) throw py::value_error(message);
 }
 
-// Calls f.template operator()<T>() with T the dtype of x (float32 or float64).
-template <typename F>
-py::object dispatch(py::handle x, F&& f) {
-  if (py::isinstance<py::array_t<float>>(x)) return f(float{});
-  if (py::isinstance<py::array_t<double>>(x)) return f(double{});
-  throw py::type_error("expected a float32 or float64 array");
-}
-
 void bind_kernels(py::module_& m) {
   m.def("layer_norm", [](py::handle x_obj, py::handle g_obj, py::handle b_obj) {
-    return dispatch(x_obj, [&](auto t) -> py::object {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
       using T = decltype(t);
       auto x = as_array<T>(x_obj, "x", 2), g = as_array<T>(g_obj, "g", 1),
            b = as_array<T>(b_obj, "b", 1);
@@ -398,7 +528,7 @@ void bind_kernels(py::module_& m) {
     });
   });
   m.def("gelu", [](py::handle x_obj) {
-    return dispatch(x_obj, [&](auto t) -> py::object {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
       using T = decltype(t);
       auto x = as_array<T>(x_obj, "x", 1);
       py::array_t<T> out(x.size());
@@ -408,7 +538,7 @@ void bind_kernels(py::module_& m) {
     });
   });
   m.def("softmax", [](py::handle x_obj) {
-    return dispatch(x_obj, [&](auto t) -> py::object {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
       using T = decltype(t);
       auto x = as_array<T>(x_obj, "x", 1);
       require(x.size() > 0, "x must not be empty");
@@ -419,7 +549,7 @@ void bind_kernels(py::module_& m) {
     });
   });
   m.def("linear", [](py::handle x_obj, py::handle w_obj, py::handle b_obj) {
-    return dispatch(x_obj, [&](auto t) -> py::object {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
       using T = decltype(t);
       auto x = as_array<T>(x_obj, "x", 2), w = as_array<T>(w_obj, "w", 2),
            b = as_array<T>(b_obj, "b", 1);
@@ -433,7 +563,7 @@ void bind_kernels(py::module_& m) {
     });
   });
   m.def("unembed", [](py::handle x_obj, py::handle wte_obj) {
-    return dispatch(x_obj, [&](auto t) -> py::object {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
       using T = decltype(t);
       auto x = as_array<T>(x_obj, "x", 2), wte = as_array<T>(wte_obj, "wte", 2);
       const int n = x.shape(0), d = x.shape(1), n_vocab = wte.shape(0);
@@ -446,7 +576,7 @@ void bind_kernels(py::module_& m) {
     });
   });
   m.def("embedding", [](py::handle wte_obj, py::handle wpe_obj, py::handle ids_obj, int pos0) {
-    return dispatch(wte_obj, [&](auto t) -> py::object {
+    return dispatch_array(wte_obj, [&](auto t) -> py::object {
       using T = decltype(t);
       auto wte = as_array<T>(wte_obj, "wte", 2), wpe = as_array<T>(wpe_obj, "wpe", 2);
       const int d = wte.shape(1);
@@ -460,7 +590,7 @@ void bind_kernels(py::module_& m) {
     });
   });
   m.def("attention", [](py::handle qkv_obj, int n_head) {
-    return dispatch(qkv_obj, [&](auto t) -> py::object {
+    return dispatch_array(qkv_obj, [&](auto t) -> py::object {
       using T = decltype(t);
       auto qkv = as_array<T>(qkv_obj, "qkv", 2);
       const int n = qkv.shape(0), d = qkv.shape(1) / 3;
@@ -482,22 +612,36 @@ void bind_kernels(py::module_& m) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "gpt2gen's C++ engine";
 
-  py::class_<Model::Stream>(m, "Stream", "A greedy generation advanced one token per next().")
-      .def("__iter__", [](py::object self) { return self; })
-      .def("__next__", &Model::Stream::next)
-      .def("logits", &Model::Stream::logits, "Logits the last token was chosen from (a copy).");
+  py::class_<CancelToken>(m, "CancelToken", "Cancels a running generate() from another thread.")
+      .def(py::init<>())
+      .def("cancel", [](CancelToken& t) { t.cancelled = true; })
+      .def_property_readonly("cancelled", [](const CancelToken& t) { return t.cancelled.load(); });
+
+  py::class_<Generation>(m, "Generation", "A generation advanced one token per sequence per step().")
+      .def("step", &Generation::step)
+      .def("stop", &Generation::stop, py::arg("sequence"))
+      .def_property_readonly("done", &Generation::done)
+      .def("__len__", &Generation::size)
+      .def("generated", &Generation::generated, py::arg("sequence"))
+      .def("finish_reason", &Generation::finish_reason, py::arg("sequence"))
+      .def("logprobs", &Generation::logprobs, py::arg("sequence"))
+      .def("logits", &Generation::logits, py::arg("sequence"),
+           "Raw logits sequence's last token was chosen from (a copy).");
+  m.def("live_generations", []() { return live_generations.load(); },
+        "Generations whose state (KV cache, scratch) is currently allocated.");
 
   py::class_<Model>(m, "Model",
                     "GPT-2 over the caller's parameter arrays (picoGPT layout), read in place.")
       .def(py::init<py::object, py::object>(), py::arg("params"), py::arg("n_head"))
       .def("forward", &Model::forward, py::arg("inputs"),
            "Logits [len(inputs), n_vocab] of every position.")
-      .def("generate", &Model::generate, py::arg("inputs"), py::arg("n_tokens_to_generate"),
-           py::arg("on_token") = py::none(),
-           "Greedy generation; returns the new token ids. on_token(id) is called per token and "
-           "stops the loop by returning False.")
-      .def("stream", &Model::stream, py::arg("inputs"), py::arg("n_tokens_to_generate"),
-           py::keep_alive<0, 1>(), "An iterator over the new token ids, one forward step each.")
+      .def("generate", &Model::generate, py::arg("prompts"), py::arg("max_new_tokens"),
+           py::arg("options"), py::arg("on_token") = py::none(), py::arg("cancel") = py::none(),
+           "Runs a generation to the end in C++; returns the new ids of each prompt.")
+      .def("start", &Model::start, py::arg("prompts"), py::arg("max_new_tokens"),
+           py::arg("options"), py::keep_alive<0, 1>(), "A Generation to step from Python.")
+      .def("score", &Model::score, py::arg("inputs"),
+           "log p(inputs[i + 1] | inputs[:i + 1]) for every i.")
       .def("addresses", &Model::addresses,
            "The address of every parameter array the engine reads, by key path.")
       .def_property_readonly("dtype", &Model::dtype)
@@ -517,6 +661,8 @@ PYBIND11_MODULE(_core, m) {
       throw py::value_error(e.what());
     }
   });
+  m.def("processed_probabilities", &processed_probabilities, py::arg("logits"),
+        py::arg("prompt_ids"), py::arg("output_ids"), py::arg("options"));
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
 

@@ -1,51 +1,105 @@
-// The autoregressive loop: prefill the prompt once, then one position of work per new token.
+// The autoregressive loop: each prompt is processed once (prefill), then every step costs one
+// position per sequence, all sequences of a batch going through each matrix product together.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "backend.hpp"
 #include "model.hpp"
+#include "sampling.hpp"
 
 namespace gpt2gen {
 
-// Index of the largest logit, ties to the lowest index and the first NaN winning, as np.argmax.
-template <typename T>
-int32_t argmax(const T* logits, int n);
+enum class FinishReason { none, length, eos, stopped, cancelled };
+const char* to_string(FinishReason reason);
 
-// One generation: owns its KV cache and scratch; the weights stay the caller's.
-template <typename T>
-class Generator {
- public:
-  Generator(const Weights<T>& weights, std::vector<int32_t> prompt, int max_new_tokens);
-
-  // The next token (the first call processes the prompt). Call at most max_new_tokens times.
-  int32_t next();
-  int produced() const { return produced_; }
-  int max_new_tokens() const { return max_new_tokens_; }
-  const std::vector<T>& logits() const { return logits_; }  // those the last token came from
-
- private:
-  Weights<T> weights_;
-  const Kernels<T>& kernels_;
-  std::vector<int32_t> prompt_;
-  int max_new_tokens_;
-  KVCache<T> cache_;
-  Workspace<T> workspace_;
-  std::vector<T> logits_;
-  int32_t last_token_ = -1;
-  int produced_ = 0;
+struct GenerationOptions {
+  int max_new_tokens = 0;
+  SamplingOptions sampling;             // sampling.seed is each sequence's seed unless seeds set
+  std::vector<uint64_t> seeds;          // one per prompt (optional)
+  std::vector<int32_t> eos_token_ids;   // stop a sequence when it produces one of these
+  int top_logprobs = -1;                // >= 0: record log-probabilities (and this many top ones)
+  bool slide_context = false;           // past n_ctx: drop the oldest half and recompute
 };
 
-// Greedy generation of up to n_new tokens; on_token (if set) sees each one and may stop the loop
-// by returning false.
+// One sequence of a generation.
 template <typename T>
-std::vector<int32_t> generate(const Weights<T>& weights, const std::vector<int32_t>& prompt,
-                              int n_new, const std::function<bool(int32_t)>& on_token = nullptr);
+struct Sequence {
+  std::vector<int32_t> tokens;  // the model's current context (prompt and output, after slides)
+  std::vector<int32_t> generated;
+  std::vector<TokenLogprob> logprobs;            // per generated token, if asked
+  std::vector<std::vector<TokenLogprob>> top_logprobs;
+  Sampler sampler;
+  KVCache<T> cache;
+  FinishReason finish = FinishReason::none;
+
+  bool active() const { return finish == FinishReason::none; }
+};
+
+// A generation over one or more prompts, advanced one token per sequence per step().
+template <typename T>
+class BatchGenerator {
+ public:
+  BatchGenerator(const Weights<T>& weights, const std::vector<std::vector<int32_t>>& prompts,
+                 const GenerationOptions& options);
+
+  // Gives every active sequence its next token; returns the indices of the sequences that got
+  // one (the first step also processes the prompts).
+  std::vector<int> step();
+  bool done() const;
+  void stop(int sequence, FinishReason reason);  // e.g. a stop string matched (Python side)
+  const Sequence<T>& sequence(int i) const { return *sequences_[i]; }
+  // The logits sequence i's last token was chosen from (before any processor); valid until the
+  // next step.
+  const T* logits(int i) const { return last_logits_[i]; }
+  int size() const { return static_cast<int>(sequences_.size()); }
+
+  // Bytes of KV cache and scratch a generation would allocate; checked before allocating.
+  static size_t bytes_needed(const Weights<T>& weights,
+                             const std::vector<std::vector<int32_t>>& prompts,
+                             const GenerationOptions& options);
+
+ private:
+  void choose(int i, const T* logits);
+  void slide(int i);
+
+  Weights<T> weights_;
+  const Kernels<T>& kernels_;
+  GenerationOptions options_;
+  std::vector<std::unique_ptr<Sequence<T>>> sequences_;
+  Workspace<T> workspace_;
+  std::vector<T> logits_;        // row i: sequence i's logits after a prefill or a slide
+  std::vector<T> batch_logits_;  // row j: the j-th sequence of a batched step
+  std::vector<const T*> last_logits_;
+  std::vector<Segment<T>> segments_;
+  std::vector<int> stepped_, batched_;
+  bool prefilled_ = false;
+};
+
+// Runs a generation to the end without calling back into Python unless on_token is set
+// (on_token(sequence, token) returning false stops that sequence). cancel, if set, is checked
+// before every step.
+template <typename T>
+std::vector<std::vector<int32_t>> generate(
+    const Weights<T>& weights, const std::vector<std::vector<int32_t>>& prompts,
+    const GenerationOptions& options,
+    const std::function<bool(int, int32_t)>& on_token = nullptr,
+    const std::atomic<bool>* cancel = nullptr);
 
 // Logits [n, n_vocab] of every position of ids, in one pass.
 template <typename T>
 void forward(const Weights<T>& weights, const std::vector<int32_t>& ids, T* logits);
+
+// log p(ids[i + 1] | ids[..i]) for every i, from one forward pass.
+template <typename T>
+std::vector<double> score(const Weights<T>& weights, const std::vector<int32_t>& ids);
+
+// Memory the machine has, for refusing hopeless requests before allocating.
+size_t physical_memory_bytes();
 
 }  // namespace gpt2gen

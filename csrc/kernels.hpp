@@ -56,7 +56,7 @@ template <typename T>
 void residual_add(T* x, const T* y, int64_t n);
 
 template <typename T>
-void forward(const Weights<T>& w, KVCache<T>& cache, Workspace<T>& ws, const int32_t* ids, int n,
+void forward(const Weights<T>& w, const Segment<T>* segments, int n_segments, Workspace<T>& ws,
              bool all_rows, T* logits);
 
 const Backend& get_backend();

@@ -56,9 +56,20 @@ struct KVCache {
       : n_head(w.n_head), head_dim(w.head_dim()), capacity(capacity),
         k(layer_size() * w.n_layer()), v(layer_size() * w.n_layer()) {}
 
+  static size_t bytes(const Weights<T>& w, int capacity) {
+    return 2 * sizeof(T) * size_t(w.n_layer()) * w.n_embd * capacity;
+  }
   size_t layer_size() const { return static_cast<size_t>(n_head) * capacity * head_dim; }
   T* keys(int layer) { return k.data() + layer * layer_size(); }
   T* values(int layer) { return v.data() + layer * layer_size(); }
+};
+
+// n consecutive new positions of one sequence, appended to its cache by a forward pass.
+template <typename T>
+struct Segment {
+  KVCache<T>* cache;
+  const int32_t* ids;
+  int n;
 };
 
 // Activations for up to max_rows positions at once, allocated once per generation so the decode
@@ -67,10 +78,15 @@ template <typename T>
 struct Workspace {
   std::vector<T> x, h, h2, qkv, att, mlp, scores;
 
-  Workspace(const Weights<T>& w, int max_rows, int capacity)
+  Workspace(const Weights<T>& w, int max_rows, int max_capacity)
       : x(size_t(max_rows) * w.n_embd), h(x.size()), h2(x.size()), qkv(3 * x.size()),
         att(x.size()), mlp(size_t(max_rows) * w.d_ff()),
-        scores(size_t(w.n_layer() > 0 ? w.n_head : 0) * capacity) {}
+        scores(size_t(w.n_layer() > 0 ? w.n_head : 0) * max_capacity) {}
+
+  static size_t bytes(const Weights<T>& w, int max_rows, int max_capacity) {
+    return sizeof(T) * (size_t(max_rows) * (7 * size_t(w.n_embd) + w.d_ff()) +
+                        size_t(w.n_head) * max_capacity);
+  }
 };
 
 }  // namespace gpt2gen

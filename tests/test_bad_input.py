@@ -22,7 +22,7 @@ def params():
         (np.array([2**64 - 1], dtype=np.uint64), ValueError, r"is not a token id"),
         ([], ValueError, r"at least one prompt token"),
         ([1.0, 2.0], TypeError, r"integer token ids.*float64"),
-        ([[1, 2]], ValueError, r"1-D"),
+        (np.zeros((1, 2, 2), dtype=int), ValueError, r"1-D"),
         (["a"], TypeError, r"integer token ids"),
         ([True], TypeError, r"integer token ids"),
         (None, TypeError, r"integer token ids"),

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import gpt2gen
 from gpt2gen import _core, reference
+from gpt2gen.engine import generation_options
 from random_models import random_params
 
 CONFIGS = [  # n_layer, n_embd, n_head, n_vocab, n_ctx
@@ -80,21 +81,15 @@ def test_kv_cache_equals_full_recompute_at_every_step(dtype):
     params = random_params(rng, n_layer=3, n_embd=48, n_head=4, n_vocab=257, n_ctx=80, dtype=dtype)
     model = _core.Model(params, 4)
     sequence = list(rng.integers(0, 257, 5))
-    stream = model.stream(sequence, 60)
-    for token in stream:
+    generation = model.start([sequence], 60, generation_options(1))
+    while not generation.done:
+        [(_, token)] = generation.step()
         full = model.forward(sequence)[-1]
         # Same kernels, same accumulation order: the cached step is bit-identical.
-        np.testing.assert_array_equal(stream.logits(), full)
+        np.testing.assert_array_equal(generation.logits(0), full)
         assert token == int(np.argmax(full))
         sequence.append(token)
-    assert len(sequence) == 65
-
-
-def test_stream_and_generate_agree():
-    rng = np.random.default_rng(12)
-    params = random_params(rng, n_layer=2, n_embd=32, n_head=2, n_vocab=97, n_ctx=50)
-    model = _core.Model(params, 2)
-    assert list(model.stream([1, 2, 3], 40)) == gpt2gen.generate([1, 2, 3], params, 2, 40)
+    assert len(sequence) == 65 and generation.finish_reason(0) == "length"
 
 
 def test_results_do_not_depend_on_thread_count():
