@@ -623,8 +623,8 @@ def _download_help(name: str, repo_id: str, target: Optional[Path]) -> str:
     return (
         f"To use '{name}' without network access, download these files from "
         f"https://huggingface.co/{repo_id}/tree/main :\n    {', '.join(MODEL_FILES)}\n"
-        f"put them into one directory, e.g. {where}, and pass that directory instead of the name: "
-        f"load_pretrained({str(where)!r})"
+        f"put them into one directory, e.g. {where}, and pass that directory instead of the name "
+        f"(load_pretrained({str(where)!r}), gpt2gen --model {where})"
         + ("" if target is not None else f" (or pass models_dir='models': files already in models/{name} are used as they are)")
     )
 
@@ -647,9 +647,10 @@ def _download(name: str, models_dir: Optional[PathLike]) -> Path:
     try:
         path = Path(huggingface_hub.snapshot_download(repo_id, **kwargs))
     except Exception as e:  # offline, no route, HTTP errors, disk full, ...: all get the same help
+        reason = (str(e).strip().splitlines() or [""])[0][:160]  # the hub's messages run long
         raise CheckpointDownloadError(
             f"could not download '{name}' from the Hugging Face Hub (repo {repo_id!r}): "
-            f"{type(e).__name__}: {e}\n{_download_help(name, repo_id, target)}"
+            f"{type(e).__name__}: {reason}\n{_download_help(name, repo_id, target)}"
         ) from e
     missing = [f for f in MODEL_FILES if not (path / f).is_file()]
     if missing:

@@ -42,17 +42,20 @@ def load_encoder_hparams_and_params(model_size: str = "124M", models_dir: str = 
     return DummyBPE(), hparams, params
 
 
-def gen_text(prompt: str, n_tokens_to_generate: int = 40) -> str:
-    """Generate ``n_tokens_to_generate`` words after ``prompt`` with the seed-42 dummy model.
-
-    The caller's global RNG state is restored afterwards, so the result never depends on it.
-    """
+def seeded_exercise_model():
+    """The helper's (encoder, hparams, params) drawn under seed 42, as the exercise's solution
+    draws them; the caller's global RNG state is restored afterwards."""
     state = np.random.get_state()
     try:
         np.random.seed(42)
-        encoder, hparams, params = load_encoder_hparams_and_params()
+        return load_encoder_hparams_and_params()
     finally:
         np.random.set_state(state)
+
+
+def gen_text(prompt: str, n_tokens_to_generate: int = 40) -> str:
+    """Generate ``n_tokens_to_generate`` words after ``prompt`` with the seed-42 dummy model."""
+    encoder, hparams, params = seeded_exercise_model()
     input_ids = encoder.encode(prompt)
     output_ids = generate(input_ids, params, hparams["n_head"], n_tokens_to_generate)
     return encoder.decode(output_ids)
