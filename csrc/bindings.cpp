@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <variant>
@@ -355,6 +356,7 @@ struct CancelToken {
 std::atomic<long> live_generations{0};
 
 // A generation stepped from Python (streaming, stop strings): one token per sequence per step().
+// Calls from several threads are serialised by a mutex, taken without the GIL held.
 class Generation {
  public:
   template <typename T>
@@ -367,37 +369,39 @@ class Generation {
   // [(sequence, token)] for every sequence that advanced; [] once all are finished.
   std::vector<std::pair<int, int32_t>> step() {
     return std::visit(
-        [](auto& g) {
+        [this](auto& g) {
           std::vector<std::pair<int, int32_t>> out;
+          py::gil_scoped_release release;
+          std::lock_guard<std::mutex> lock(mutex_);
           if (g->done()) return out;
-          std::vector<int> stepped;
-          {
-            py::gil_scoped_release release;
-            stepped = g->step();
-          }
-          for (int i : stepped) out.emplace_back(i, g->sequence(i).generated.back());
+          for (int i : g->step()) out.emplace_back(i, g->sequence(i).generated.back());
           return out;
         },
         generator_);
   }
 
   void stop(int i) {
+    auto lock = locked();
     std::visit([&](auto& g) { g->stop(checked(i), FinishReason::stopped); }, generator_);
   }
   bool done() const {
+    auto lock = locked();
     return std::visit([](const auto& g) { return g->done(); }, generator_);
   }
   int size() const {
     return std::visit([](const auto& g) { return g->size(); }, generator_);
   }
   std::vector<int32_t> generated(int i) const {
+    auto lock = locked();
     return std::visit([&](const auto& g) { return g->sequence(checked(i)).generated; }, generator_);
   }
   std::string finish_reason(int i) const {
+    auto lock = locked();
     return std::visit([&](const auto& g) { return std::string(to_string(g->sequence(checked(i)).finish)); },
                       generator_);
   }
   py::array logits(int i) const {
+    auto lock = locked();
     return std::visit(
         [&](const auto& g) -> py::array {
           const auto* row = g->logits(checked(i));
@@ -409,6 +413,7 @@ class Generation {
 
   // [(token, logprob, [(alternative, logprob), ...])] per generated token, if asked for.
   py::list logprobs(int i) const {
+    auto lock = locked();
     return std::visit(
         [&](const auto& g) {
           const auto& s = g->sequence(checked(i));
@@ -429,8 +434,16 @@ class Generation {
     return i;
   }
 
+  // Held while reading or changing the generator, with the GIL released so that a thread
+  // waiting here never blocks one that is stepping.
+  std::unique_lock<std::mutex> locked() const {
+    py::gil_scoped_release release;
+    return std::unique_lock<std::mutex>(mutex_);
+  }
+
   std::variant<std::unique_ptr<BatchGenerator<float>>, std::unique_ptr<BatchGenerator<double>>>
       generator_;
+  mutable std::mutex mutex_;
 };
 
 py::list Model::generate(const py::list& prompts, int max_new_tokens, const py::dict& kw,
