@@ -19,44 +19,22 @@ import codecs
 import heapq
 import json
 import operator
-import warnings
 
-import regex
+import re
+
+from ._unicode_tables import LETTERS, NUMBERS, SPACES
 
 EOT = "<|endoftext|>"
 
-# Letters and numbers added in Unicode 17.0. The Rust tokenizers library matches with
-# Oniguruma, whose tables are Unicode 16.0, so to it these code points are unassigned, i.e.
-# "other" characters; the `regex` module knows Unicode 17 and would call them \p{L} / \p{N}.
-# Taking them out of \p{L} and \p{N} keeps the split identical to transformers'. The test
-# suite compares every code point with tokenizers, so a future change of either side shows.
-_UNICODE_17_LETTERS = (
-    r"\u088F\u0C5C\u0CDC\uA7CE-\uA7CF\uA7D2\uA7D4\uA7F1\U00010940-\U00010959"
-    r"\U00010EC5-\U00010EC7\U00011DB0-\U00011DDB\U00016EA0-\U00016EB8\U00016EBB-\U00016ED3"
-    r"\U00016FF2-\U00016FF3\U000187F8-\U000187FF\U00018D09-\U00018D1E\U00018D80-\U00018DF2"
-    r"\U0001E6C0-\U0001E6DE\U0001E6E0-\U0001E6E2\U0001E6E4-\U0001E6E5\U0001E6E7-\U0001E6ED"
-    r"\U0001E6F0-\U0001E6F4\U0001E6FE-\U0001E6FF\U0002B73A-\U0002B73F\U0002CEA2-\U0002CEAD"
-    r"\U000323B0-\U00033479"
-)
-_UNICODE_17_NUMBERS = r"\U00011DE0-\U00011DE9\U00016FF4-\U00016FF6"
-
-_LETTER = rf"[\p{{L}}--[{_UNICODE_17_LETTERS}]]"
-_NUMBER = rf"[\p{{N}}--[{_UNICODE_17_NUMBERS}]]"
-_OTHER = rf"[[^\s\p{{L}}\p{{N}}]{_UNICODE_17_LETTERS}{_UNICODE_17_NUMBERS}]"
-
 # GPT-2's pattern, 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-# with the classes above. V1 is the `regex` mode that has set operations (--, nesting).
-GPT2_SPLIT_PATTERN = regex.compile(
-    rf"'s|'t|'re|'ve|'m|'ll|'d| ?{_LETTER}+| ?{_NUMBER}+| ?{_OTHER}+|\s+(?!\S)|\s+", regex.V1
+# with its classes spelt out as Unicode 16.0 tables (python/gpt2gen/_unicode_tables.py): those
+# are the tables of the Rust tokenizers library behind transformers' GPT-2 tokenizer, whatever
+# Unicode version Python or a regex module knows. The tests compare every code point with it.
+_SPACE, _NOT_SPACE = f"[{SPACES}]", f"[^{SPACES}]"
+GPT2_SPLIT_PATTERN = re.compile(
+    rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{LETTERS}]+| ?[{NUMBERS}]+| ?[^{SPACES}{LETTERS}{NUMBERS}]+"
+    rf"|{_SPACE}+(?!{_NOT_SPACE})|{_SPACE}+"
 )
-# An older `regex` lacks letters that Unicode 16.0 added (U+1C89 is one) and would split them
-# unlike transformers; that can only be fixed by upgrading it.
-if not regex.match(r"\p{L}", "\u1c89"):
-    warnings.warn(
-        "the installed `regex` module predates Unicode 16.0: text with recently added letters "
-        "will not tokenize as transformers does; upgrade regex",
-        stacklevel=2,
-    )
 
 # Words seen by encode() keep their ids here. Ordinary text reuses a few tens of thousands
 # of distinct words; the bound only keeps memory in check on endless novel input.
