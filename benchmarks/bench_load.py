@@ -28,23 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from gpt2gen import checkpoint
-except ImportError:  # run from a source checkout without PYTHONPATH
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-    from gpt2gen import checkpoint
-
-
-def _byte_symbols() -> list[str]:
-    printable = set(range(33, 127)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    out, shifted = [], 0
-    for b in range(256):
-        if b in printable:
-            out.append(chr(b))
-        else:
-            out.append(chr(256 + shifted))
-            shifted += 1
-    return out
+from gpt2gen import checkpoint
+from gpt2gen.tokenizer import bytes_to_unicode
 
 
 def build(model_dir: Path, n_layer: int, n_embd: int, n_head: int, n_vocab: int, n_ctx: int, seed: int = 0) -> None:
@@ -80,7 +65,8 @@ def build(model_dir: Path, n_layer: int, n_embd: int, n_head: int, n_vocab: int,
     }
     (model_dir / "config.json").write_text(json.dumps(config, indent=2))
     # GPT-2's tokenizer size: 256 byte symbols + merges of symbol pairs + <|endoftext|>.
-    symbols = _byte_symbols()
+    table = bytes_to_unicode()
+    symbols = [table[b] for b in range(256)]
     n_merges = n_vocab - 257
     merges = [(a, b) for a in symbols for b in symbols][:n_merges]
     vocab = {t: i for i, t in enumerate(symbols + [a + b for a, b in merges] + ["<|endoftext|>"])}

@@ -50,6 +50,19 @@ auto dispatch_array(py::handle x, F&& f) {
   throw py::type_error("expected a float32 or float64 array");
 }
 
+// The options of python/gpt2gen/engine.py's sampling_options(), already type-checked there.
+SamplingOptions sampling_options(const py::dict& kw) {
+  SamplingOptions s;
+  s.temperature = kw["temperature"].cast<double>();
+  s.top_k = kw["top_k"].cast<int>();
+  s.top_p = kw["top_p"].cast<double>();
+  s.min_p = kw["min_p"].cast<double>();
+  s.repetition_penalty = kw["repetition_penalty"].cast<double>();
+  s.presence_penalty = kw["presence_penalty"].cast<double>();
+  s.frequency_penalty = kw["frequency_penalty"].cast<double>();
+  return s;
+}
+
 // Walks the picoGPT parameter dict, checks every array and takes its data pointer.
 template <typename T>
 class ParamReader {
@@ -265,14 +278,7 @@ class Model {
                                                        : "inputs"));
     GenerationOptions& o = r.options;
     o.max_new_tokens = max_new_tokens;
-    SamplingOptions& s = o.sampling;
-    s.temperature = kw["temperature"].cast<double>();
-    s.top_k = kw["top_k"].cast<int>();
-    s.top_p = kw["top_p"].cast<double>();
-    s.min_p = kw["min_p"].cast<double>();
-    s.repetition_penalty = kw["repetition_penalty"].cast<double>();
-    s.presence_penalty = kw["presence_penalty"].cast<double>();
-    s.frequency_penalty = kw["frequency_penalty"].cast<double>();
+    o.sampling = sampling_options(kw);
     o.seeds = kw["seeds"].cast<std::vector<uint64_t>>();
     o.eos_token_ids = kw["eos_token_ids"].cast<std::vector<int32_t>>();
     for (int32_t eos : o.eos_token_ids)
@@ -491,14 +497,7 @@ py::array processed_probabilities(py::handle logits_obj, py::handle prompt_obj, 
     auto logits = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(logits_obj);
     const int n_vocab = static_cast<int>(logits.size());
     if (n_vocab == 0) throw py::value_error("logits must not be empty");
-    SamplingOptions o;
-    o.temperature = kw["temperature"].cast<double>();
-    o.top_k = kw["top_k"].cast<int>();
-    o.top_p = kw["top_p"].cast<double>();
-    o.min_p = kw["min_p"].cast<double>();
-    o.repetition_penalty = kw["repetition_penalty"].cast<double>();
-    o.presence_penalty = kw["presence_penalty"].cast<double>();
-    o.frequency_penalty = kw["frequency_penalty"].cast<double>();
+    SamplingOptions o = sampling_options(kw);
     o.validate();
     Sampler sampler(o, n_vocab, token_ids(prompt_obj, n_vocab, "prompt_ids"));
     for (int32_t token : token_ids(output_obj, n_vocab, "output_ids")) sampler.observe(token);

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from random_models import leaves
 from conftest import (
     make_numpy_gpt2,
     read_safetensors_raw,
@@ -85,17 +86,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _leaf_items(params, path=""):
-    if isinstance(params, dict):
-        for k, v in params.items():
-            yield from _leaf_items(v, f"{path}.{k}" if path else k)
-    elif isinstance(params, list):
-        for i, v in enumerate(params):
-            yield from _leaf_items(v, f"{path}[{i}]")
-    else:
-        yield path, params
 
 
 def _mapping_of(arr):
@@ -192,7 +182,7 @@ def test_pickle_checkpoint_refused_unless_allowed(random_gpt2, tmp_path):
 
     hparams, params = load_checkpoint(pickled, allow_pickle=True)
     _, expected = load_checkpoint(model_dir)
-    for (path, arr), (_, want) in zip(_leaf_items(params), _leaf_items(expected)):
+    for (path, arr), (_, want) in zip(leaves(params), leaves(expected)):
         np.testing.assert_array_equal(arr, want, err_msg=path)
 
 
@@ -204,7 +194,7 @@ def test_numpy_checkpoint_maps_every_name(numpy_gpt2):
     model_dir, tensors = numpy_gpt2(n_layer=3, n_embd=32, n_head=4, vocab_size=97, n_positions=50)
     hparams, params = load_checkpoint(model_dir)
     expected = expected_tensors(hparams)
-    assert len(list(_leaf_items(params))) == len(expected) == 4 + 12 * 3
+    assert len(list(leaves(params))) == len(expected) == 4 + 12 * 3
     for name, path, shape in expected:
         node = params
         for key in path:
@@ -218,18 +208,18 @@ def test_both_name_styles_load_the_same(tmp_path, prefix):
     plain_dir, _ = make_numpy_gpt2(tmp_path, n_layer=2, name="plain")
     styled_dir, _ = make_numpy_gpt2(tmp_path, n_layer=2, prefix=prefix, name="styled")
     (_, a), (_, b) = load_checkpoint(plain_dir), load_checkpoint(styled_dir)
-    for (path, x), (_, y) in zip(_leaf_items(a), _leaf_items(b)):
+    for (path, x), (_, y) in zip(leaves(a), leaves(b)):
         np.testing.assert_array_equal(x, y, err_msg=path)
 
 
 def test_f32_weights_are_views_of_one_file_mapping(numpy_gpt2):
     model_dir, _ = numpy_gpt2(n_layer=2)
     _, params = load_checkpoint(model_dir)
-    mappings = {id(_mapping_of(arr)) for _, arr in _leaf_items(params)}
-    maps = [_mapping_of(arr) for _, arr in _leaf_items(params)]
+    mappings = {id(_mapping_of(arr)) for _, arr in leaves(params)}
+    maps = [_mapping_of(arr) for _, arr in leaves(params)]
     assert all(m is not None for m in maps) and len(mappings) == 1
     whole_file = np.frombuffer(maps[0], dtype=np.uint8)
-    for path, arr in _leaf_items(params):
+    for path, arr in leaves(params):
         assert np.shares_memory(arr, whole_file), path
         assert not arr.flags.writeable and arr.flags.aligned and arr.flags.c_contiguous, path
 
@@ -294,7 +284,7 @@ def test_half_bf16_and_double_are_converted_to_float32(tmp_path):
     stored["h.0.mlp.c_fc.weight"] = tensors["h.0.mlp.c_fc.weight"].astype(np.float64)
     save_safetensors(model_dir / "model.safetensors", stored)
     _, params = load_checkpoint(model_dir)
-    assert all(arr.dtype == np.float32 for _, arr in _leaf_items(params))
+    assert all(arr.dtype == np.float32 for _, arr in leaves(params))
     np.testing.assert_array_equal(params["wte"], tensors["wte.weight"].astype(np.float16).astype(np.float32))
     bf16 = (to_bf16_bits(tensors["wpe.weight"]).astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(params["wpe"], bf16)
@@ -307,7 +297,7 @@ def test_half_bf16_and_double_are_converted_to_float32(tmp_path):
 def test_float64_params_on_request(numpy_gpt2):
     model_dir, tensors = numpy_gpt2(n_layer=1)
     _, params = load_checkpoint(model_dir, dtype=np.float64)
-    assert all(arr.dtype == np.float64 for _, arr in _leaf_items(params))
+    assert all(arr.dtype == np.float64 for _, arr in leaves(params))
     np.testing.assert_array_equal(params["wte"], tensors["wte.weight"])
 
 
