@@ -266,17 +266,17 @@ def timed_generate(fn, prompt, n_new):
     return ttft, rate, tokens
 
 
-def bandwidth_probe(repeats=5):
-    """Read bandwidth (GB/s) of OpenBLAS sgemv over a 1 GiB float32 matrix, OPENBLAS_NUM_THREADS."""
-    a = np.ones((256 * 1024, 1024), np.float32)
-    v = np.ones(1024, np.float32)
+def bandwidth_probe(a, repeats=3):
+    """Read bandwidth (GB/s) of OpenBLAS sgemv over a 1 GiB float32 matrix (OPENBLAS_NUM_THREADS
+    threads): the median of a few passes. Run again in every repeat, next to the engines."""
+    v = np.ones(a.shape[1], np.float32)
     a @ v
     rates = []
     for _ in range(repeats):
         t = time.perf_counter()
         a @ v
         rates.append(a.nbytes / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates), max(rates)
+    return statistics.median(rates)
 
 
 def batch_generate(params, n_head, batch, n_new):
@@ -298,7 +298,7 @@ def measure_engine(name, params, n_head, args, runners, p32, p128, batch8):
         t = time.perf_counter(); reference.generate(p128, params, n_head, 1); t128 = time.perf_counter() - t
         t = time.perf_counter(); reference.generate(p32, params, n_head, k); tk = time.perf_counter() - t
         r.update(prefill32=32 / t1, prefill128=128 / t128, ttft=t1,
-                 decode=(k - 1) / max(tk - t1, 1e-9), decode_ctx=f"{33}-{32 + k - 1}",
+                 decode=(k - 1) / max(tk - t1, 1e-9), decode_ctx=f"33-{32 + k - 1}",
                  decode_ctx128_extrapolated=1 / (t128 * 129 / 128))
         return r
     gen = runners[name]
@@ -384,16 +384,16 @@ def main():
     if env["OPENBLAS_CORETYPE"] == "unset" and env["OPENBLAS_L2_SIZE"] == "unset":
         print("  (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for this run: NumPy/OpenBLAS picks "
               "its own kernels for this CPU)")
-    bw_med, bw_max = bandwidth_probe()
-    print(f"read-bandwidth probe (sgemv, 1 GiB, {args.threads} threads): median {bw_med:.1f} GB/s, "
-          f"max {bw_max:.1f} GB/s")
+    probe_array = np.ones((256 * 1024, 1024), np.float32)  # 1 GiB, for the bandwidth probe
+    bw_runs, loads = [bandwidth_probe(probe_array, 3)], [os.getloadavg()[0]]
+    print(f"read-bandwidth probe (sgemv, 1 GiB, {args.threads} threads): {bw_runs[0]:.1f} GB/s; "
+          f"load average {loads[0]:.2f}")
 
     results = {"meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                         "argv": sys.argv, "threads": args.threads, "backend": gpt2gen.backend(),
                         "repeats": args.repeats, "new_tokens": args.new_tokens,
                         "python": platform.python_version(), "numpy": np.__version__,
-                        "machine": platform.processor() or platform.machine(), "env": env,
-                        "bandwidth_probe_gbs": bw_med, "bandwidth_probe_max_gbs": bw_max},
+                        "machine": platform.processor() or platform.machine(), "env": env},
                "sizes": {}}
     for size in args.sizes:
         n_layer, d, n_head = SIZES[size]
@@ -418,8 +418,11 @@ def main():
         for rep in range(args.repeats):
             for name in engines:
                 raw[name].append(measure_engine(name, params, n_head, args, runners, p32, p128, batch8))
+            bw_runs.append(bandwidth_probe(probe_array))
+            loads.append(os.getloadavg()[0])
             line = "  ".join(f"{n}={fmt(raw[n][-1]['decode'])}" for n in engines)
-            print(f"  repeat {rep + 1}/{args.repeats}: decode tok/s {line}", flush=True)
+            print(f"  repeat {rep + 1}/{args.repeats}: decode tok/s {line}; probe {bw_runs[-1]:.1f} GB/s,"
+                  f" load {loads[-1]:.2f}", flush=True)
         rows = {}
         for name in engines:
             keys = [k for k in raw[name][0] if isinstance(raw[name][0][k], (int, float)) or k == "batch8"]
@@ -428,7 +431,8 @@ def main():
             if "first_tokens" in raw[name][0]:
                 row["first_tokens"] = raw[name][0]["first_tokens"]
             row["decode_gbs"] = row["decode"] * wbytes / 1e9 if row.get("decode") else None
-            row["decode_frac_probe"] = row["decode_gbs"] / bw_med if row["decode_gbs"] else None
+            row["decode_frac_probe"] = (row["decode_gbs"] / statistics.median(bw_runs)
+                                        if row["decode_gbs"] else None)
             row["raw"] = raw[name]
             if not args.no_rss:
                 rss = peak_rss(name, size, args.threads)
@@ -448,6 +452,9 @@ def main():
                                   "weight_bytes_per_token": wbytes, "engines": rows}
         del params, runners
 
+    results["meta"].update(bandwidth_probe_gbs=statistics.median(bw_runs),
+                           bandwidth_probe_runs=bw_runs, load_average_1min=loads)
+    del probe_array
     md = to_markdown(results)
     print("\n" + md)
     if args.out:
@@ -467,8 +474,11 @@ def to_markdown(results):
         f"(engines alternate within each repeat), decode = {m['new_tokens']} greedy tokens after a "
         f"32-token prompt; {m['date']}",
         "environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()),
-        f"read-bandwidth probe (OpenBLAS sgemv over 1 GiB, {m['threads']} threads): "
-        f"{m['bandwidth_probe_gbs']:.1f} GB/s median ({m['bandwidth_probe_max_gbs']:.1f} max)",
+        f"read-bandwidth probe (OpenBLAS sgemv over 1 GiB, {m['threads']} threads, once per repeat): "
+        f"median {m['bandwidth_probe_gbs']:.1f} GB/s (runs: "
+        + ", ".join(f"{b:.1f}" for b in m["bandwidth_probe_runs"]) + "); 1-min load average "
+        + ", ".join(f"{x:.1f}" for x in m["load_average_1min"])
+        + " (other processes share the 2 cores)",
         "",
         "| size | engine | prefill 32 tok/s | prefill 128 tok/s | TTFT 32 (ms) | decode tok/s (b=1) "
         "| weights GB/s | % of probe | batch-8 decode tok/s | peak RSS MiB (over weights) |",
