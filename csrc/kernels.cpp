@@ -8,8 +8,13 @@
 
 #include <omp.h>
 
+#include "simd.hpp"
+
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <type_traits>
+#include <utility>
 
 namespace gpt2gen {
 namespace GPT2GEN_ISA_NS {
@@ -86,6 +91,327 @@ inline void linear_columns(const T* x, int n, const T* w, const T* b, int d_in, 
   }
 }
 
+#if GPT2GEN_SIMD_F32
+// --- float32 with explicit SIMD (AVX-512 or AVX2) ---------------------------------------------
+namespace f32 {
+
+using simd::F32;
+using V = F32::V;
+using Mask = F32::Mask;
+constexpr int W = F32::W;
+
+// linear, canonical order of every output element, whatever the tiling, the row count or the
+// thread count:  acc = 0;  acc = fma(x[r, k], w[k, j], acc) for k = 0 .. d_in − 1;  out = acc + b[j].
+constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vectors of columns
+constexpr int kTileRows = W == 16 ? 6 : 4;      // n > 1: 6 (4) rows × 4 (3) vectors
+constexpr int kTileVecs = W == 16 ? 4 : 3;
+constexpr int kKBlock = 256;                    // rows of w per pass over the tile's x rows
+constexpr int kPrefetchRows = 8;                // decode: prefetch w this many rows ahead
+
+// out[r, p·W + lane] (+)= Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane] for R rows and P column
+// vectors, the last vector masked by `last`. Starting at k0 > 0 continues the partial sums kept in
+// out (stored as the float accumulator, so exactly); bias, if given, is added at the end.
+template <int R, int P, bool kPrefetch>
+inline void linear_tile(const float* x, int ldx, const float* w, int ldw, int k0, int k1,
+                        const float* bias, float* out, int ldo, Mask last) {
+  V acc[R][P];
+  for (int r = 0; r < R; ++r)
+    for (int p = 0; p < P; ++p)
+      acc[r][p] = k0 == 0 ? F32::zero()
+                          : (p == P - 1 ? F32::load(out + size_t(r) * ldo + p * W, last)
+                                        : F32::load(out + size_t(r) * ldo + p * W));
+  for (int k = k0; k < k1; ++k) {
+    const float* wk = w + size_t(k) * ldw;
+    if constexpr (kPrefetch)
+      for (int p = 0; p < P; ++p)
+        _mm_prefetch(reinterpret_cast<const char*>(wk + size_t(kPrefetchRows) * ldw + p * W),
+                     _MM_HINT_T0);
+    V wv[P];
+    for (int p = 0; p < P; ++p) wv[p] = p == P - 1 ? F32::load(wk + p * W, last) : F32::load(wk + p * W);
+    for (int r = 0; r < R; ++r) {
+      const V xv = F32::set1(x[size_t(r) * ldx + k]);
+      for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p], acc[r][p]);
+    }
+  }
+  if (bias)
+    for (int p = 0; p < P; ++p) {
+      const V bv = p == P - 1 ? F32::load(bias + p * W, last) : F32::load(bias + p * W);
+      for (int r = 0; r < R; ++r) acc[r][p] = F32::add(acc[r][p], bv);
+    }
+  for (int r = 0; r < R; ++r)
+    for (int p = 0; p < P; ++p) {
+      if (p == P - 1)
+        F32::store(out + size_t(r) * ldo + p * W, acc[r][p], last);
+      else
+        F32::store(out + size_t(r) * ldo + p * W, acc[r][p]);
+    }
+}
+
+using TileFn = void (*)(const float*, int, const float*, int, int, int, const float*, float*, int,
+                        Mask);
+
+template <int R, int... Ps>
+constexpr std::array<TileFn, sizeof...(Ps)> tiles_for_rows(std::integer_sequence<int, Ps...>) {
+  return {&linear_tile<R, Ps + 1, false>...};
+}
+template <int... Rs>
+constexpr std::array<std::array<TileFn, kTileVecs>, sizeof...(Rs)> tile_table(
+    std::integer_sequence<int, Rs...>) {
+  return {tiles_for_rows<Rs + 1>(std::make_integer_sequence<int, kTileVecs>())...};
+}
+// kTiles[rows − 1][vecs − 1]
+constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kTileRows>());
+
+// n = 1: columns vectors [v0, v1) of the thread, in panels as wide as the registers allow, each
+// streaming its rows of w once with software prefetch.
+inline void linear_decode(const float* x, LinearWeights<float> lin, float* out, int v0, int v1) {
+  const int nvec = (lin.d_out + W - 1) / W;
+  const int tail = lin.d_out - (nvec - 1) * W;
+  auto run = [&](auto vecs_c, int v) {
+    constexpr int P = decltype(vecs_c)::value;
+    const Mask m = F32::mask(v + P == nvec ? tail : W);
+    linear_tile<1, P, true>(x, lin.d_in, lin.w + v * W, lin.d_out, 0, lin.d_in, lin.b + v * W,
+                            out + v * W, lin.d_out, m);
+  };
+  int v = v0;
+  for (; v1 - v >= kDecodeVecs; v += kDecodeVecs) run(std::integral_constant<int, kDecodeVecs>(), v);
+  if (v1 - v >= 16 && kDecodeVecs > 16) { run(std::integral_constant<int, 16>(), v); v += 16; }
+  if (v1 - v >= 8) { run(std::integral_constant<int, 8>(), v); v += 8; }
+  if (v1 - v >= 4) { run(std::integral_constant<int, 4>(), v); v += 4; }
+  if (v1 - v >= 2) { run(std::integral_constant<int, 2>(), v); v += 2; }
+  if (v1 - v >= 1) { run(std::integral_constant<int, 1>(), v); v += 1; }
+}
+
+// n > 1: one panel of kTileVecs column vectors, blocked over k, every kTileRows rows of x reusing
+// the block of w from cache.
+inline void linear_panel(const float* x, int n, LinearWeights<float> lin, float* out, int panel) {
+  const int nvec = (lin.d_out + W - 1) / W;
+  const int v = panel * kTileVecs;
+  const int vecs = std::min(kTileVecs, nvec - v);
+  const Mask m = F32::mask(v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W);
+  const float* w = lin.w + v * W;
+  for (int k0 = 0; k0 < lin.d_in; k0 += kKBlock) {
+    const int k1 = std::min(lin.d_in, k0 + kKBlock);
+    const float* bias = k1 == lin.d_in ? lin.b + v * W : nullptr;
+    for (int r = 0; r < n; r += kTileRows) {
+      const int rows = std::min(kTileRows, n - r);
+      kTiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, w, lin.d_out, k0, k1, bias,
+                                 out + size_t(r) * lin.d_out + v * W, lin.d_out, m);
+    }
+  }
+}
+
+inline void linear(const float* x, int n, LinearWeights<float> lin, float* out) {
+  const int nvec = (lin.d_out + W - 1) / W;
+  if (n == 1) {
+#pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      linear_decode(x, lin, out, int(int64_t(nvec) * t / nt), int(int64_t(nvec) * (t + 1) / nt));
+    }
+    return;
+  }
+  const int n_panels = (nvec + kTileVecs - 1) / kTileVecs;
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
+  for (int p = 0; p < n_panels; ++p) linear_panel(x, n, lin, out, p);
+}
+
+// unembed, canonical order of every logit: acc = 0; acc = fma(x[r, c·W:], wte[v, c·W:], acc) over
+// the vector chunks c of d in order (the last one masked); logit = F32::sum(acc).
+constexpr int kUnembedDecodeVocab = 8;                 // n = 1: 8 vocabulary rows at a time
+constexpr int kUnembedRows = W == 16 ? 4 : 3;          // n > 1: 4 (3) rows × 6 (4) vocabulary rows
+constexpr int kUnembedVocab = W == 16 ? 6 : 4;
+
+template <int R, int NV>
+inline void unembed_tile(const float* x, const float* wte, int d, float* out, int ldo) {
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = F32::zero();
+  int c = 0;
+  for (; c + W <= d; c += W) {
+    V xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c);
+    for (int v = 0; v < NV; ++v) {
+      const V wv = F32::load(wte + size_t(v) * d + c);
+      for (int r = 0; r < R; ++r) acc[r][v] = F32::fma(xv[r], wv, acc[r][v]);
+    }
+  }
+  if (c < d) {
+    const Mask m = F32::mask(d - c);
+    V xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c, m);
+    for (int v = 0; v < NV; ++v) {
+      const V wv = F32::load(wte + size_t(v) * d + c, m);
+      for (int r = 0; r < R; ++r) acc[r][v] = F32::fma(xv[r], wv, acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) out[size_t(r) * ldo + v] = F32::sum(acc[r][v]);
+}
+
+template <int R, int NV>
+inline void unembed_rows(const float* x, int n, const float* wte, int d, int n_vocab, float* out,
+                         int v0, int v1) {
+  // Vocabulary groups outside, rows inside: each group of wte rows is read from memory once.
+  int v = v0;
+  for (; v + NV <= v1; v += NV) {
+    int r = 0;
+    for (; r + R <= n; r += R)
+      unembed_tile<R, NV>(x + size_t(r) * d, wte + size_t(v) * d, d, out + size_t(r) * n_vocab + v, n_vocab);
+    for (; r < n; ++r)
+      unembed_tile<1, NV>(x + size_t(r) * d, wte + size_t(v) * d, d, out + size_t(r) * n_vocab + v, n_vocab);
+  }
+  for (; v < v1; ++v)
+    for (int r = 0; r < n; ++r)
+      unembed_tile<1, 1>(x + size_t(r) * d, wte + size_t(v) * d, d, out + size_t(r) * n_vocab + v, n_vocab);
+}
+
+inline void unembed(const float* x, int n, const float* wte, int n_vocab, int d, float* out) {
+#pragma omp parallel num_threads(num_threads()) if (n_vocab >= 64)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int v0 = int(int64_t(n_vocab) * t / nt), v1 = int(int64_t(n_vocab) * (t + 1) / nt);
+    if (n == 1)
+      unembed_rows<1, kUnembedDecodeVocab>(x, n, wte, d, n_vocab, out, v0, v1);
+    else
+      unembed_rows<kUnembedRows, kUnembedVocab>(x, n, wte, d, n_vocab, out, v0, v1);
+  }
+}
+
+// 0.5·x·(1 + tanh(y)) = x / (1 + exp(−2y)) exactly, y = √(2/π)·(x + 0.044715·x³); the right-hand
+// side has no cancellation for negative x and needs only exp.
+inline V gelu(V x) {
+  const V inner = F32::fma(F32::mul(F32::set1(0.044715f), F32::mul(x, x)), x, x);
+  const V e = F32::exp(F32::mul(F32::set1(float(-2 * 0.7978845608028654)), inner));
+  return F32::div(x, F32::add(F32::set1(1.0f), e));
+}
+
+inline void gelu(float* x, int64_t n) {
+  const int64_t nvec = (n + W - 1) / W;
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n > 65536)
+  for (int64_t i = 0; i < nvec; ++i) {
+    float* p = x + i * W;
+    if ((i + 1) * W <= n) {
+      F32::store(p, gelu(F32::load(p)));
+    } else {
+      const Mask m = F32::mask(int(n - i * W));
+      F32::store(p, gelu(F32::load(p, m)), m);
+    }
+  }
+}
+
+inline void softmax(float* x, int n) {
+  const int full = n / W * W;
+  const Mask m = F32::mask(n - full);
+  V mx = F32::load_or_neg_inf(x + full, m);
+  for (int i = 0; i < full; i += W) mx = F32::max(mx, F32::load(x + i));
+  const V max_x = F32::set1(F32::max_all(mx));
+  V sum = F32::zero();
+  for (int i = 0; i < full; i += W) {
+    const V e = F32::exp(F32::sub(F32::load(x + i), max_x));
+    F32::store(x + i, e);
+    sum = F32::add(sum, e);
+  }
+  if (full < n) {
+    const V e = F32::keep(F32::exp(F32::sub(F32::load(x + full, m), max_x)), m);
+    F32::store(x + full, e, m);
+    sum = F32::add(sum, e);
+  }
+  const V inv_sum = F32::set1(1.0f / F32::sum(sum));
+  for (int i = 0; i < full; i += W) F32::store(x + i, F32::mul(F32::load(x + i), inv_sum));
+  if (full < n) F32::store(x + full, F32::mul(F32::load(x + full, m), inv_sum), m);
+}
+
+inline void layer_norm_row(const float* x, int d, LayerNormWeights<float> ln, float* out) {
+  const int full = d / W * W;
+  const Mask m = F32::mask(d - full);
+  V acc = F32::load(x + full, m);
+  for (int i = 0; i < full; i += W) acc = F32::add(acc, F32::load(x + i));
+  const float mean = F32::sum(acc) / d;
+  const V mean_v = F32::set1(mean);
+  V var = F32::zero();
+  for (int i = 0; i < full; i += W) {
+    const V c = F32::sub(F32::load(x + i), mean_v);
+    var = F32::fma(c, c, var);
+  }
+  if (full < d) {
+    const V c = F32::keep(F32::sub(F32::load(x + full, m), mean_v), m);
+    var = F32::fma(c, c, var);
+  }
+  const V inv_std = F32::set1(1.0f / std::sqrt(F32::sum(var) / d + 1e-5f));
+  for (int i = 0; i < full; i += W)
+    F32::store(out + i, F32::fma(F32::load(ln.g + i), F32::mul(F32::sub(F32::load(x + i), mean_v), inv_std),
+                                 F32::load(ln.b + i)));
+  if (full < d)
+    F32::store(out + full,
+               F32::fma(F32::load(ln.g + full, m), F32::mul(F32::sub(F32::load(x + full, m), mean_v), inv_std),
+                        F32::load(ln.b + full, m)),
+               m);
+}
+
+// Attention scores: q·k_t for NK keys at once, each in the canonical order (fma over the vector
+// chunks of the head in order, the last masked, then F32::sum), so a key's score is the same
+// whichever group it falls in.
+template <int NK>
+inline void dots(const float* q, const float* k, int hd, float* out) {
+  V acc[NK];
+  for (int j = 0; j < NK; ++j) acc[j] = F32::zero();
+  int c = 0;
+  for (; c + W <= hd; c += W) {
+    const V qv = F32::load(q + c);
+    for (int j = 0; j < NK; ++j) acc[j] = F32::fma(qv, F32::load(k + size_t(j) * hd + c), acc[j]);
+  }
+  if (c < hd) {
+    const Mask m = F32::mask(hd - c);
+    const V qv = F32::load(q + c, m);
+    for (int j = 0; j < NK; ++j) acc[j] = F32::fma(qv, F32::load(k + size_t(j) * hd + c, m), acc[j]);
+  }
+  for (int j = 0; j < NK; ++j) out[j] = F32::sum(acc[j]);
+}
+
+// o[c·W + lane] = Σ_t p[t]·v[t, c·W + lane] for NV vectors of the head starting at column c0.
+template <int NV>
+inline void weighted_values(const float* p, const float* v, int n_keys, int hd, int c0, float* o) {
+  V acc[NV];
+  for (int j = 0; j < NV; ++j) acc[j] = F32::zero();
+  const Mask m = F32::mask(hd - (c0 + (NV - 1) * W));
+  for (int t = 0; t < n_keys; ++t) {
+    const V pv = F32::set1(p[t]);
+    const float* vt = v + size_t(t) * hd + c0;
+    for (int j = 0; j < NV; ++j)
+      acc[j] = F32::fma(pv, j == NV - 1 ? F32::load(vt + j * W, m) : F32::load(vt + j * W), acc[j]);
+  }
+  for (int j = 0; j < NV; ++j) {
+    if (j == NV - 1)
+      F32::store(o + c0 + j * W, acc[j], m);
+    else
+      F32::store(o + c0 + j * W, acc[j]);
+  }
+}
+
+// One query row of one head over keys/values [0, n_keys).
+inline void attend(const float* q, const float* k, const float* v, int n_keys, int hd, float* s,
+                   float* o) {
+  const float sqrt_hd = std::sqrt(float(hd));
+  int t = 0;
+  for (; t + 4 <= n_keys; t += 4) dots<4>(q, k + size_t(t) * hd, hd, s + t);
+  for (; t < n_keys; ++t) dots<1>(q, k + size_t(t) * hd, hd, s + t);
+  for (t = 0; t < n_keys; ++t) s[t] /= sqrt_hd;
+  softmax(s, n_keys);
+  const int nvec = (hd + W - 1) / W;
+  int c = 0;
+  for (; nvec - c >= 4; c += 4) weighted_values<4>(s, v, n_keys, hd, c * W, o);
+  switch (nvec - c) {
+    case 3: weighted_values<3>(s, v, n_keys, hd, c * W, o); break;
+    case 2: weighted_values<2>(s, v, n_keys, hd, c * W, o); break;
+    case 1: weighted_values<1>(s, v, n_keys, hd, c * W, o); break;
+    default: break;
+  }
+}
+
+}  // namespace f32
+#endif  // GPT2GEN_SIMD_F32
+
 }  // namespace
 
 template <typename T>
@@ -101,6 +427,13 @@ void embedding(const T* wte, const T* wpe, int n_embd, const int32_t* ids, int n
 
 template <typename T>
 void layer_norm(const T* x, int n, int d, LayerNormWeights<T> ln, T* out) {
+#if GPT2GEN_SIMD_F32
+  if constexpr (std::is_same_v<T, float>) {
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n > 8)
+    for (int r = 0; r < n; ++r) f32::layer_norm_row(x + size_t(r) * d, d, ln, out + size_t(r) * d);
+    return;
+  }
+#endif
   constexpr T eps = T(1e-5);
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n > 8)
   for (int r = 0; r < n; ++r) {
@@ -119,6 +452,9 @@ void layer_norm(const T* x, int n, int d, LayerNormWeights<T> ln, T* out) {
 
 template <typename T>
 void gelu(T* x, int64_t n) {
+#if GPT2GEN_SIMD_F32
+  if constexpr (std::is_same_v<T, float>) return f32::gelu(x, n);
+#endif
   const T c = T(std::sqrt(2.0 / M_PI));
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n > 16384)
   for (int64_t i = 0; i < n; ++i) {
@@ -129,6 +465,9 @@ void gelu(T* x, int64_t n) {
 
 template <typename T>
 void softmax(T* x, int n) {
+#if GPT2GEN_SIMD_F32
+  if constexpr (std::is_same_v<T, float>) return f32::softmax(x, n);
+#endif
   T max_x = x[0];
   for (int i = 1; i < n; ++i) max_x = std::max(max_x, x[i]);
   T sum = 0;
@@ -142,6 +481,9 @@ void softmax(T* x, int n) {
 
 template <typename T>
 void linear(const T* x, int n, LinearWeights<T> lin, T* out) {
+#if GPT2GEN_SIMD_F32
+  if constexpr (std::is_same_v<T, float>) return f32::linear(x, n, lin, out);
+#endif
   // Decode (n == 1) streams wide column panels of w; prefill and batches reuse each panel
   // of w across 4 rows of x. Both accumulate every output in the same order.
   constexpr int kDecodeCols = 16 * kLanes<T>;
@@ -161,6 +503,9 @@ void linear(const T* x, int n, LinearWeights<T> lin, T* out) {
 
 template <typename T>
 void unembed(const T* x, int n, const T* wte, int n_vocab, int d, T* out) {
+#if GPT2GEN_SIMD_F32
+  if constexpr (std::is_same_v<T, float>) return f32::unembed(x, n, wte, n_vocab, d, out);
+#endif
   // Blocks of vocabulary rows small enough to stay in cache while every x row visits them.
   constexpr int kBlock = 64;
   const int n_blocks = (n_vocab + kBlock - 1) / kBlock;
@@ -191,6 +536,12 @@ void attention(const T* qkv, int n, int n_embd, int n_head, int pos0, T* keys, T
     for (int i = 0; i < n; ++i) {
       const T* q = qkv + size_t(i) * 3 * n_embd + h * hd;
       const int n_keys = pos0 + i + 1;  // causal: position pos0 + i sees 0..pos0 + i
+#if GPT2GEN_SIMD_F32
+      if constexpr (std::is_same_v<T, float>) {
+        f32::attend(q, k, v, n_keys, hd, s, out + size_t(i) * n_embd + h * hd);
+        continue;
+      }
+#endif
       for (int t = 0; t < n_keys; ++t) s[t] = dot(q, k + size_t(t) * hd, hd) / sqrt_hd;
       softmax(s, n_keys);
       T* o = out + size_t(i) * n_embd + h * hd;

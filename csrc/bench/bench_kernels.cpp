@@ -1,0 +1,437 @@
+// Micro-benchmarks of the float32 kernels at GPT-2 124M shapes, called through the backend table
+// the engine uses (GPT2GEN_ISA / the CPU pick the instruction set, OMP_NUM_THREADS or the default
+// the thread count). Each kernel's output is first checked against a plain scalar loop (double
+// accumulation); a mismatch aborts with a message before anything is timed.
+//
+//   cmake -S . -B build/bench -DGPT2GEN_BENCHMARKS=ON -Dpybind11_DIR=$(python -m pybind11 --cmakedir)
+//   cmake --build build/bench -j2 && build/bench/gpt2gen_bench
+//
+// Counters: GB/s = bytes of weights (or of the arrays a kernel must stream) read per call,
+// GFLOP/s = 2·multiply-adds per call. Matrices whose weights would fit in the 32 MiB L3 are
+// replicated and visited in rotation (like the layers of the real model) so decode figures are
+// memory-bound figures, not cache ones.
+#include <benchmark/benchmark.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "model.hpp"
+
+using namespace gpt2gen;
+
+namespace {
+
+constexpr int kEmbd = 768, kHead = 12, kVocab = 50257, kCtx = 1024, kLayer = 12;
+constexpr size_t kRotateBytes = size_t(256) << 20;  // rotate over ≥ 256 MiB of weight copies
+
+const Kernels<float>& K() { return backend().kernels<float>(); }
+
+// Deterministic uniform values in [-scale, scale).
+void fill(std::vector<float>& v, uint64_t seed, float scale = 1.0f) {
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (float& x : v) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    x = scale * (float((s >> 40) & 0xFFFFFF) / float(1 << 23) - 1.0f);
+  }
+}
+std::vector<float> random_vec(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::vector<float> v(n);
+  fill(v, seed, scale);
+  return v;
+}
+
+[[noreturn]] void fail(const std::string& what) {
+  std::fprintf(stderr, "VALIDATION FAILED: %s\n", what.c_str());
+  std::exit(1);
+}
+
+// |got − want| ≤ rtol·|want| + atol·max|want|, element by element.
+void check(const char* name, const float* got, const std::vector<double>& want, double rtol = 1e-4,
+           double atol = 1e-4) {
+  double scale = 0;
+  for (double w : want) scale = std::max(scale, std::abs(w));
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double err = std::abs(double(got[i]) - want[i]);
+    if (!(err <= rtol * std::abs(want[i]) + atol * std::max(scale, 1e-30))) {
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "%s: element %zu is %.9g, scalar loop says %.9g", name, i,
+                    double(got[i]), want[i]);
+      fail(buf);
+    }
+  }
+}
+
+void set_counters(benchmark::State& state, double bytes, double flops) {
+  if (bytes > 0)
+    state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  if (flops > 0)
+    state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = num_threads();
+}
+
+// --- memory read bandwidth probe -------------------------------------------------------------
+
+void BM_memory_read(benchmark::State& state) {
+  static std::vector<float> big = random_vec(size_t(1) << 28, 1);  // 1 GiB
+  const int64_t n = int64_t(big.size());
+  for (auto _ : state) {
+    float total = 0;
+#pragma omp parallel for reduction(+ : total) num_threads(num_threads()) schedule(static)
+    for (int64_t i = 0; i < n; i += 16) {
+      float s = 0;
+      for (int j = 0; j < 16; ++j) s += big[i + j];
+      total += s;
+    }
+    benchmark::DoNotOptimize(total);
+  }
+  set_counters(state, double(n) * 4, 0);
+}
+
+// --- embedding, layer_norm, gelu, softmax ----------------------------------------------------
+
+void BM_embedding(benchmark::State& state) {
+  const int n = int(state.range(0));
+  static const std::vector<float> wte = random_vec(size_t(kVocab) * kEmbd, 2), wpe = random_vec(size_t(kCtx) * kEmbd, 3);
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; ++i) ids[i] = (i * 7919) % kVocab;
+  std::vector<float> out(size_t(n) * kEmbd);
+  K().embedding(wte.data(), wpe.data(), kEmbd, ids.data(), n, 5, out.data());
+  std::vector<double> want(out.size());
+  for (int t = 0; t < n; ++t)
+    for (int i = 0; i < kEmbd; ++i)
+      want[size_t(t) * kEmbd + i] = double(wte[size_t(ids[t]) * kEmbd + i] + wpe[size_t(5 + t) * kEmbd + i]);
+  check("embedding", out.data(), want, 0, 0);
+  for (auto _ : state) {
+    K().embedding(wte.data(), wpe.data(), kEmbd, ids.data(), n, 5, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_counters(state, 3.0 * n * kEmbd * 4, 0);
+}
+
+void BM_layer_norm(benchmark::State& state) {
+  const int n = int(state.range(0)), d = kEmbd;
+  std::vector<float> x = random_vec(size_t(n) * d, 4, 3.0f), g = random_vec(d, 5), b = random_vec(d, 6);
+  for (float& v : x) v += 1.5f;
+  std::vector<float> out(x.size());
+  K().layer_norm(x.data(), n, d, {g.data(), b.data()}, out.data());
+  std::vector<double> want(out.size());
+  for (int r = 0; r < n; ++r) {
+    const float* xr = &x[size_t(r) * d];
+    double mean = 0, var = 0;
+    for (int i = 0; i < d; ++i) mean += xr[i];
+    mean /= d;
+    for (int i = 0; i < d; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    var /= d;
+    for (int i = 0; i < d; ++i) want[size_t(r) * d + i] = g[i] * (xr[i] - mean) / std::sqrt(var + 1e-5) + b[i];
+  }
+  check("layer_norm", out.data(), want, 1e-5, 1e-5);
+  for (auto _ : state) {
+    K().layer_norm(x.data(), n, d, {g.data(), b.data()}, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_counters(state, 2.0 * n * d * 4, 0);
+}
+
+void BM_gelu(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const std::vector<float> x0 = random_vec(n, 7, 6.0f);
+  std::vector<float> x = x0;
+  K().gelu(x.data(), n);
+  std::vector<double> want(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x0[i];
+    want[i] = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+  }
+  check("gelu", x.data(), want, 1e-5, 1e-6);
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::copy(x0.begin(), x0.end(), x.begin());
+    state.ResumeTiming();
+    K().gelu(x.data(), n);
+    benchmark::DoNotOptimize(x.data());
+  }
+  set_counters(state, 2.0 * n * 4, 0);
+}
+
+void BM_softmax(benchmark::State& state) {
+  const int n = int(state.range(0));
+  const std::vector<float> x0 = random_vec(n, 8, 10.0f);
+  std::vector<float> x = x0;
+  K().softmax(x.data(), n);
+  double m = x0[0], sum = 0;
+  for (float v : x0) m = std::max(m, double(v));
+  std::vector<double> want(n);
+  for (int i = 0; i < n; ++i) sum += want[i] = std::exp(x0[i] - m);
+  for (double& w : want) w /= sum;
+  check("softmax", x.data(), want, 1e-5, 1e-6);
+  for (auto _ : state) {
+    std::copy(x0.begin(), x0.end(), x.begin());  // 4 KiB at most: negligible, counted
+    K().softmax(x.data(), n);
+    benchmark::DoNotOptimize(x.data());
+  }
+  set_counters(state, 2.0 * n * 4, 0);
+}
+
+// --- linear and unembed -----------------------------------------------------------------------
+
+// Weight copies of one linear shape, visited in rotation.
+struct LinearSet {
+  int d_in, d_out;
+  std::vector<std::vector<float>> w, b;
+  LinearSet(int d_in, int d_out) : d_in(d_in), d_out(d_out) {
+    const size_t bytes = size_t(d_in) * d_out * 4;
+    const int copies = int(std::max<size_t>(1, (kRotateBytes + bytes - 1) / bytes));
+    for (int c = 0; c < copies; ++c) {
+      w.push_back(random_vec(size_t(d_in) * d_out, 100 + c, 0.05f));
+      b.push_back(random_vec(d_out, 200 + c, 0.05f));
+    }
+  }
+};
+
+LinearSet& linear_set(int d_in, int d_out) {
+  static std::vector<std::unique_ptr<LinearSet>> sets;
+  for (auto& s : sets)
+    if (s->d_in == d_in && s->d_out == d_out) return *s;
+  sets.push_back(std::make_unique<LinearSet>(d_in, d_out));
+  return *sets.back();
+}
+
+void BM_linear(benchmark::State& state) {
+  const int n = int(state.range(0)), d_in = int(state.range(1)), d_out = int(state.range(2));
+  LinearSet& set = linear_set(d_in, d_out);
+  const std::vector<float> x = random_vec(size_t(n) * d_in, 9);
+  std::vector<float> out(size_t(n) * d_out);
+  K().linear(x.data(), n, {set.w[0].data(), set.b[0].data(), d_in, d_out}, out.data());
+  std::vector<double> want(out.size());
+  for (int r = 0; r < n; ++r)
+    for (int j = 0; j < d_out; ++j) {
+      double acc = set.b[0][j];
+      for (int i = 0; i < d_in; ++i) acc += double(x[size_t(r) * d_in + i]) * set.w[0][size_t(i) * d_out + j];
+      want[size_t(r) * d_out + j] = acc;
+    }
+  check("linear", out.data(), want);
+  // Every row alone must equal the same row computed in the batch (bit-identical).
+  if (n > 1) {
+    std::vector<float> one(d_out);
+    for (int r : {0, n / 2, n - 1}) {
+      K().linear(x.data() + size_t(r) * d_in, 1, {set.w[0].data(), set.b[0].data(), d_in, d_out}, one.data());
+      for (int j = 0; j < d_out; ++j)
+        if (one[j] != out[size_t(r) * d_out + j])
+          fail("linear: row " + std::to_string(r) + " of " + std::to_string(n) +
+               " differs from the same row computed alone");
+    }
+  }
+  size_t c = 0;
+  for (auto _ : state) {
+    K().linear(x.data(), n, {set.w[c].data(), set.b[c].data(), d_in, d_out}, out.data());
+    benchmark::DoNotOptimize(out.data());
+    if (++c == set.w.size()) c = 0;
+  }
+  set_counters(state, double(d_in) * d_out * 4, 2.0 * n * d_in * d_out);
+  state.SetLabel(std::to_string(set.w.size()) + " weight copies");
+}
+
+void BM_unembed(benchmark::State& state) {
+  const int n = int(state.range(0)), d = kEmbd;
+  static const std::vector<float> wte = random_vec(size_t(kVocab) * d, 10, 0.1f);
+  const std::vector<float> x = random_vec(size_t(n) * d, 11);
+  std::vector<float> out(size_t(n) * kVocab);
+  K().unembed(x.data(), n, wte.data(), kVocab, d, out.data());
+  std::vector<double> want(out.size());
+  for (int r = 0; r < n; ++r)
+    for (int v = 0; v < kVocab; ++v) {
+      double acc = 0;
+      for (int i = 0; i < d; ++i) acc += double(x[size_t(r) * d + i]) * wte[size_t(v) * d + i];
+      want[size_t(r) * kVocab + v] = acc;
+    }
+  check("unembed", out.data(), want);
+  if (n > 1) {
+    std::vector<float> one(kVocab);
+    for (int r = 0; r < n; ++r) {
+      K().unembed(x.data() + size_t(r) * d, 1, wte.data(), kVocab, d, one.data());
+      for (int v = 0; v < kVocab; ++v)
+        if (one[v] != out[size_t(r) * kVocab + v])
+          fail("unembed: row " + std::to_string(r) + " differs from the same row computed alone");
+    }
+  }
+  for (auto _ : state) {
+    K().unembed(x.data(), n, wte.data(), kVocab, d, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_counters(state, double(kVocab) * d * 4, 2.0 * n * kVocab * d);
+}
+
+// --- attention --------------------------------------------------------------------------------
+
+// Scalar causal attention of rows [pos0, pos0 + n) over keys/values already in the cache.
+std::vector<double> attention_ref(const std::vector<float>& qkv, int n, int pos0,
+                                  const std::vector<float>& keys, const std::vector<float>& values,
+                                  int capacity) {
+  const int hd = kEmbd / kHead;
+  std::vector<double> out(size_t(n) * kEmbd);
+  for (int h = 0; h < kHead; ++h)
+    for (int i = 0; i < n; ++i) {
+      const float* q = &qkv[size_t(i) * 3 * kEmbd + h * hd];
+      const int n_keys = pos0 + i + 1;
+      std::vector<double> s(n_keys);
+      double m = -1e300, sum = 0;
+      for (int t = 0; t < n_keys; ++t) {
+        const float* k = &keys[(size_t(h) * capacity + t) * hd];
+        double dot = 0;
+        for (int j = 0; j < hd; ++j) dot += double(q[j]) * k[j];
+        s[t] = dot / std::sqrt(double(hd));
+        m = std::max(m, s[t]);
+      }
+      for (double& v : s) sum += v = std::exp(v - m);
+      for (int j = 0; j < hd; ++j) {
+        double acc = 0;
+        for (int t = 0; t < n_keys; ++t) acc += s[t] / sum * values[(size_t(h) * capacity + t) * hd + j];
+        out[size_t(i) * kEmbd + h * hd + j] = acc;
+      }
+    }
+  return out;
+}
+
+// range(0) = context (keys after the call), range(1) = new rows (1: decode step, ctx: prefill).
+void BM_attention(benchmark::State& state) {
+  const int ctx = int(state.range(0)), n = int(state.range(1)), pos0 = ctx - n;
+  const int hd = kEmbd / kHead, capacity = kCtx;
+  std::vector<float> qkv = random_vec(size_t(n) * 3 * kEmbd, 12, 2.0f);
+  std::vector<float> keys = random_vec(size_t(kHead) * capacity * hd, 13, 2.0f);
+  std::vector<float> values = random_vec(keys.size(), 14);
+  std::vector<float> scores(size_t(kHead) * capacity), out(size_t(n) * kEmbd);
+  K().attention(qkv.data(), n, kEmbd, kHead, pos0, keys.data(), values.data(), capacity,
+                scores.data(), out.data());
+  check("attention", out.data(), attention_ref(qkv, n, pos0, keys, values, capacity));
+  for (auto _ : state) {
+    K().attention(qkv.data(), n, kEmbd, kHead, pos0, keys.data(), values.data(), capacity,
+                  scores.data(), out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  // Keys and values read, and q·k and p·v multiply-adds (causal: Σ over rows of their keys).
+  double pairs = 0;
+  for (int i = 0; i < n; ++i) pairs += pos0 + i + 1;
+  set_counters(state, n == 1 ? 2.0 * ctx * kEmbd * 4 : 0, 2.0 * 2.0 * pairs * kEmbd);
+}
+
+// --- one full decode step ---------------------------------------------------------------------
+
+struct Model124M {
+  std::vector<std::vector<float>> arrays;
+  Weights<float> w;
+  const float* add(size_t n, uint64_t seed, float scale, float offset = 0) {
+    arrays.push_back(random_vec(n, seed, scale));
+    for (float& v : arrays.back()) v += offset;
+    return arrays.back().data();
+  }
+  Model124M() {
+    arrays.reserve(8 + kLayer * 16);
+    w.n_vocab = kVocab, w.n_ctx = kCtx, w.n_embd = kEmbd, w.n_head = kHead;
+    const int d = kEmbd;
+    w.wte = add(size_t(kVocab) * d, 20, 0.1f);
+    w.wpe = add(size_t(kCtx) * d, 21, 0.01f);
+    w.ln_f = {add(d, 22, 0.1f, 1), add(d, 23, 0.02f)};
+    for (int l = 0; l < kLayer; ++l) {
+      BlockWeights<float> b;
+      const uint64_t s = 100 + 20 * l;
+      b.ln_1 = {add(d, s, 0.1f, 1), add(d, s + 1, 0.02f)};
+      b.ln_2 = {add(d, s + 2, 0.1f, 1), add(d, s + 3, 0.02f)};
+      b.c_attn = {add(size_t(d) * 3 * d, s + 4, 0.035f), add(3 * d, s + 5, 0.02f), d, 3 * d};
+      b.attn_proj = {add(size_t(d) * d, s + 6, 0.035f), add(d, s + 7, 0.02f), d, d};
+      b.c_fc = {add(size_t(d) * 4 * d, s + 8, 0.035f), add(4 * d, s + 9, 0.02f), d, 4 * d};
+      b.mlp_proj = {add(size_t(4 * d) * d, s + 10, 0.035f), add(d, s + 11, 0.02f), 4 * d, d};
+      w.blocks.push_back(b);
+    }
+  }
+  double weight_bytes() const {
+    double p = double(kVocab) * kEmbd + kEmbd * 2;
+    p += kLayer * (4.0 * kEmbd + 12.0 * kEmbd * kEmbd + 9.0 * kEmbd + 0.0);
+    return p * 4;
+  }
+};
+
+Model124M& model124m() {
+  static Model124M m;
+  return m;
+}
+
+void BM_forward_decode(benchmark::State& state) {
+  const int ctx = int(state.range(0));
+  Model124M& m = model124m();
+  std::vector<int32_t> ids(ctx + 1);
+  for (int i = 0; i <= ctx; ++i) ids[i] = (i * 104729 + 17) % kVocab;
+  // The decode step after a prefill of ctx tokens must equal the last row of one forward over all
+  // ctx + 1 tokens, bit for bit.
+  KVCache<float> cache(m.w, ctx + 1);
+  Workspace<float> ws(m.w, ctx + 1, ctx + 1);
+  std::vector<float> step(kVocab), all(size_t(ctx + 1) * kVocab);
+  K().forward(m.w, cache, ws, ids.data(), ctx, false, step.data());
+  K().forward(m.w, cache, ws, ids.data() + ctx, 1, false, step.data());
+  KVCache<float> cache_all(m.w, ctx + 1);
+  K().forward(m.w, cache_all, ws, ids.data(), ctx + 1, true, all.data());
+  for (int v = 0; v < kVocab; ++v)
+    if (step[v] != all[size_t(ctx) * kVocab + v])
+      fail("forward: the decode step differs from the same position in a full forward");
+  for (auto _ : state) {
+    cache.length = ctx;
+    K().forward(m.w, cache, ws, ids.data() + ctx, 1, false, step.data());
+    benchmark::DoNotOptimize(step.data());
+  }
+  set_counters(state, m.weight_bytes(), 0);
+  state.counters["tok/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_forward_prefill(benchmark::State& state) {
+  const int n = int(state.range(0));
+  Model124M& m = model124m();
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; ++i) ids[i] = (i * 104729 + 17) % kVocab;
+  KVCache<float> cache(m.w, n);
+  Workspace<float> ws(m.w, n, n);
+  std::vector<float> logits(kVocab);
+  for (auto _ : state) {
+    cache.length = 0;
+    K().forward(m.w, cache, ws, ids.data(), n, false, logits.data());
+    benchmark::DoNotOptimize(logits.data());
+  }
+  state.counters["tok/s"] = benchmark::Counter(n, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = num_threads();
+}
+
+const int kShapes[][2] = {{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}};
+
+void linear_args(benchmark::internal::Benchmark* b) {
+  for (int n : {1, 8, 128})
+    for (auto& s : kShapes) b->Args({n, s[0], s[1]});
+}
+
+}  // namespace
+
+BENCHMARK(BM_memory_read)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_embedding)->Arg(1)->Arg(128)->UseRealTime();
+BENCHMARK(BM_layer_norm)->Arg(1)->Arg(128)->UseRealTime();
+BENCHMARK(BM_gelu)->Arg(3072)->Arg(128 * 3072)->UseRealTime();
+BENCHMARK(BM_softmax)->Arg(128)->Arg(1024)->UseRealTime();
+BENCHMARK(BM_linear)->Apply(linear_args)->ArgNames({"n", "in", "out"})->UseRealTime();
+BENCHMARK(BM_unembed)->Arg(1)->Arg(8)->ArgName("n")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_attention)->Args({128, 1})->Args({1024, 1})->Args({128, 128})->Args({1024, 1024})
+    ->ArgNames({"ctx", "n"})->UseRealTime();
+BENCHMARK(BM_forward_decode)->Arg(128)->ArgName("ctx")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_forward_prefill)->Arg(128)->ArgName("n")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  std::printf("gpt2gen kernels: backend %s, %d threads\n", backend().name, num_threads());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,147 @@
+// float32 SIMD helpers for the per-instruction-set copies of kernels.cpp: one register type per
+// ISA (AVX-512: 16 lanes, AVX2: 8), masked loads/stores for tails, and a vectorised exp.
+// Included only by kernels.cpp, inside its isa_<name> namespace, so each copy gets its own.
+// Without AVX2 GPT2GEN_SIMD_F32 is 0 and the kernels keep their portable loops.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kernels.hpp"  // GPT2GEN_ISA_NS
+
+namespace gpt2gen {
+namespace GPT2GEN_ISA_NS {
+namespace simd {
+
+#if defined(__AVX512F__)
+#define GPT2GEN_SIMD_F32 1
+
+struct F32 {
+  using V = __m512;
+  using Mask = __mmask16;
+  static constexpr int W = 16;  // lanes
+
+  static Mask mask(int n) { return n >= W ? Mask(0xFFFF) : Mask((1u << n) - 1); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V load(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store(float* p, V v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V keep(V v, Mask m) { return _mm512_maskz_mov_ps(m, v); }  // lanes outside m → 0
+  // Masked-off lanes of a max reduction must not win: fill them with -inf.
+  static V load_or_neg_inf(const float* p, Mask m) {
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()), m, p);
+  }
+  // Horizontal sums in one fixed order (the compiler's fixed shuffle tree).
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }
+  static float max_all(V v) { return _mm512_reduce_max_ps(v); }
+
+  // exp(x) lane by lane: Cephes' expf polynomial on x − n·ln2, |error| ≲ 1 ulp for normal
+  // results; scalef gives inf on overflow and 0 / subnormals on underflow; NaN propagates.
+  static V exp(V x) {
+    // exp(89) = inf and exp(-104) = 0 in float32: clamping there keeps r small (operand order
+    // lets NaN through: max/min return the second operand when one is NaN).
+    const V xc = _mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-104.f), x));
+    const V n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    V p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const V r2 = _mm512_mul_ps(r, r);
+    const V y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+  }
+};
+
+#elif defined(__AVX2__) && defined(__FMA__)
+#define GPT2GEN_SIMD_F32 1
+
+struct F32 {
+  using V = __m256;
+  using Mask = __m256i;
+  static constexpr int W = 8;
+
+  static Mask mask(int n) {
+    alignas(32) static const int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                  0,  0,  0,  0,  0,  0,  0,  0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 8 - (n >= W ? W : n)));
+  }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void store(float* p, V v, Mask m) { _mm256_maskstore_ps(p, m, v); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V keep(V v, Mask m) { return _mm256_and_ps(v, _mm256_castsi256_ps(m)); }
+  static V load_or_neg_inf(const float* p, Mask m) {
+    return _mm256_blendv_ps(_mm256_set1_ps(-__builtin_inff()), _mm256_maskload_ps(p, m),
+                            _mm256_castsi256_ps(m));
+  }
+  static float sum(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static float max_all(V v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+
+  // exp(x) lane by lane (Cephes' expf): ~1 ulp for normal results; x > 88.72 gives inf, results
+  // below FLT_MIN are flushed to 0, NaN propagates.
+  static V exp(V x) {
+    const V hi = _mm256_set1_ps(88.7228317f), lo = _mm256_set1_ps(-87.3365479f);
+    const V xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);  // NaN → lo (fixed below)
+    const V n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    V p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    const V y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    // 2^n built in the exponent field; n ∈ [-126, 128] after the clamp: split 2^n = 2^(n/2)·2^(n−n/2).
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const V s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const V s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    V out = _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
+    out = _mm256_blendv_ps(out, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    out = _mm256_blendv_ps(out, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    return _mm256_blendv_ps(out, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // NaN in, NaN out
+  }
+};
+
+#else
+#define GPT2GEN_SIMD_F32 0
+#endif
+
+}  // namespace simd
+}  // namespace GPT2GEN_ISA_NS
+}  // namespace gpt2gen
