@@ -373,16 +373,18 @@ void BM_forward_decode(benchmark::State& state) {
   KVCache<float> cache(m.w, ctx + 1);
   Workspace<float> ws(m.w, ctx + 1, ctx + 1);
   std::vector<float> step(kVocab), all(size_t(ctx + 1) * kVocab);
-  K().forward(m.w, cache, ws, ids.data(), ctx, false, step.data());
-  K().forward(m.w, cache, ws, ids.data() + ctx, 1, false, step.data());
+  Segment<float> prefill{&cache, ids.data(), ctx}, next{&cache, ids.data() + ctx, 1};
+  K().forward(m.w, &prefill, 1, ws, false, step.data());
+  K().forward(m.w, &next, 1, ws, false, step.data());
   KVCache<float> cache_all(m.w, ctx + 1);
-  K().forward(m.w, cache_all, ws, ids.data(), ctx + 1, true, all.data());
+  Segment<float> whole{&cache_all, ids.data(), ctx + 1};
+  K().forward(m.w, &whole, 1, ws, true, all.data());
   for (int v = 0; v < kVocab; ++v)
     if (step[v] != all[size_t(ctx) * kVocab + v])
       fail("forward: the decode step differs from the same position in a full forward");
   for (auto _ : state) {
     cache.length = ctx;
-    K().forward(m.w, cache, ws, ids.data() + ctx, 1, false, step.data());
+    K().forward(m.w, &next, 1, ws, false, step.data());
     benchmark::DoNotOptimize(step.data());
   }
   set_counters(state, m.weight_bytes(), 0);
@@ -397,9 +399,10 @@ void BM_forward_prefill(benchmark::State& state) {
   KVCache<float> cache(m.w, n);
   Workspace<float> ws(m.w, n, n);
   std::vector<float> logits(kVocab);
+  Segment<float> prompt{&cache, ids.data(), n};
   for (auto _ : state) {
     cache.length = 0;
-    K().forward(m.w, cache, ws, ids.data(), n, false, logits.data());
+    K().forward(m.w, &prompt, 1, ws, false, logits.data());
     benchmark::DoNotOptimize(logits.data());
   }
   state.counters["tok/s"] = benchmark::Counter(n, benchmark::Counter::kIsIterationInvariantRate);
