@@ -15,13 +15,13 @@ namespace gpt2gen {
 
 template <typename T>
 struct Kernels {
-  void (*embedding)(const T* wte, const T* wpe, int n_embd, const int32_t* ids, int n, int pos0,
-                    T* out);
+  void (*embedding)(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const int32_t* ids,
+                    int n, int pos0, T* out);
   void (*layer_norm)(const T* x, int n, int d, LayerNormWeights<T> ln, T* out);
   void (*gelu)(T* x, int64_t n);
   void (*softmax)(T* x, int n);
   void (*linear)(const T* x, int n, LinearWeights<T> lin, T* out);
-  void (*unembed)(const T* x, int n, const T* wte, int n_vocab, int d, T* out);
+  void (*unembed)(const T* x, int n, const T* wte, Packed wte_packed, int n_vocab, int d, T* out);
   void (*attention)(const T* qkv, int n, int n_embd, int n_head, int pos0, T* keys, T* values,
                     int capacity, T* scores, T* out);
   // Runs the new positions of each segment through the model, appending them to the segment's

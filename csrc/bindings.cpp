@@ -38,6 +38,8 @@ const char* dtype_name() {
   return sizeof(T) == 4 ? "float32" : "float64";
 }
 
+py::ssize_t blocks_of(py::ssize_t n) { return (n + kQuantBlock - 1) / kQuantBlock; }
+
 bool is_mapping(py::handle obj) {
   return py::isinstance(obj, py::module_::import("collections.abc").attr("Mapping"));
 }
@@ -79,19 +81,19 @@ class ParamReader {
     return node[key];
   }
 
-  const T* array(py::handle node, const char* key, const std::string& path,
-                 const std::vector<py::ssize_t>& shape) {
+  // The array at node[key]: dtype U, the given shape, C-contiguous and aligned, read in place.
+  template <typename U>
+  const U* typed_array(py::handle node, const char* key, const std::string& path,
+                       const std::vector<py::ssize_t>& shape, const std::string& dtype_rule) {
     const std::string name = path.empty() ? key : path + "." + key;
     py::object obj = child(node, key, path);
     if (!py::isinstance<py::array>(obj))
       throw py::type_error("params '" + name + "' must be a NumPy array, got " +
                            std::string(py::str(obj.get_type())));
     py::array arr = py::reinterpret_borrow<py::array>(obj);
-    if (!py::isinstance<py::array_t<T>>(arr))
+    if (!py::isinstance<py::array_t<U>>(arr))
       throw py::type_error("params '" + name + "' has dtype " + std::string(py::str(arr.dtype())) +
-                           " but 'wte' has dtype " + dtype_name<T>() +
-                           ": all parameters must share one dtype, float32 or float64 "
-                           "(gpt2gen reads them in place and never converts them silently)");
+                           " but " + dtype_rule);
     std::vector<py::ssize_t> actual(arr.shape(), arr.shape() + arr.ndim());
     if (actual != shape)
       throw py::value_error("params '" + name + "' has shape " + shape_str(actual) +
@@ -102,9 +104,41 @@ class ParamReader {
                            "' is not a C-contiguous aligned array; gpt2gen reads parameters in "
                            "place, so pass np.ascontiguousarray(...) of it");
     arrays.append(arr);
-    const T* data = static_cast<const T*>(arr.data());
+    const U* data = static_cast<const U*>(arr.data());
     addresses.emplace_back(name, reinterpret_cast<uintptr_t>(data));
     return data;
+  }
+
+  const T* array(py::handle node, const char* key, const std::string& path,
+                 const std::vector<py::ssize_t>& shape) {
+    return typed_array<T>(node, key, path, shape,
+                          std::string("'wte' has dtype ") + dtype_name<T>() +
+                              ": all parameters must share one dtype, float32 or float64 "
+                              "(gpt2gen reads them in place and never converts them silently)");
+  }
+
+  // node[key] as a matrix [rows, cols]: an array of the parameters' dtype, or a packed dict
+  // {"format": "bf16", "data": uint16} / {"format": "int8", "data": int8, "scales": float32
+  // scales_shape} made by gpt2gen.pack_params.
+  const T* matrix(py::handle node, const char* key, const std::string& path, py::ssize_t rows,
+                  py::ssize_t cols, const std::vector<py::ssize_t>& scales_shape, Packed& packed) {
+    py::object m = child(node, key, path);
+    if (!is_mapping(m)) return array(node, key, path, {rows, cols});
+    const std::string p = path.empty() ? key : path + "." + key;
+    if (!std::is_same_v<T, float>)
+      throw py::type_error("params '" + p + "' is packed, which only float32 parameters can be");
+    const std::string format = py::str(child(m, "format", p));
+    const std::string rule = "'" + p + "' is packed as " + format;
+    if (format == "bf16") {
+      packed = {WeightFormat::bf16, typed_array<uint16_t>(m, "data", p, {rows, cols}, rule + ", whose data is uint16"), nullptr};
+    } else if (format == "int8") {
+      packed = {WeightFormat::int8, typed_array<int8_t>(m, "data", p, {rows, cols}, rule + ", whose data is int8"),
+                typed_array<float>(m, "scales", p, scales_shape, rule + ", whose scales are float32")};
+    } else {
+      throw py::value_error("params '" + p + ".format' is '" + format +
+                            "'; packed formats are 'bf16' and 'int8'");
+    }
+    return nullptr;
   }
 
   LayerNormWeights<T> layer_norm(py::handle node, const char* key, const std::string& path,
@@ -118,8 +152,10 @@ class ParamReader {
                           py::ssize_t d_in, py::ssize_t d_out) {
     py::object lin = child(node, key, path);
     const std::string p = path + "." + key;
-    return {array(lin, "w", p, {d_in, d_out}), array(lin, "b", p, {d_out}),
-            static_cast<int>(d_in), static_cast<int>(d_out)};
+    LinearWeights<T> out{nullptr, array(lin, "b", p, {d_out}), static_cast<int>(d_in),
+                         static_cast<int>(d_out)};
+    out.w = matrix(lin, "w", p, d_in, d_out, {blocks_of(d_in), d_out}, out.packed);
+    return out;
   }
 };
 
@@ -133,8 +169,15 @@ py::ssize_t checked_dim(py::ssize_t d, const char* what) {
 template <typename T>
 Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
   Weights<T> w;
-  py::array wte = reader.child(params, "wte", "");
-  py::array wpe = reader.child(params, "wpe", "");
+  // The shapes come from wte (or its packed data) and wpe; every array is then checked by them.
+  py::object wte_node = reader.child(params, "wte", "");
+  py::object wte_shape = is_mapping(wte_node) ? reader.child(wte_node, "data", "wte") : wte_node;
+  py::object wpe_shape = reader.child(params, "wpe", "");
+  for (auto [name, obj] : {std::pair{"wte", wte_shape}, std::pair{"wpe", wpe_shape}})
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error(std::string("params '") + name + "' must be a NumPy array, got " +
+                           std::string(py::str(obj.get_type())));
+  py::array wte = wte_shape, wpe = wpe_shape;
   if (wte.ndim() != 2)
     throw py::value_error("params 'wte' must be 2-D [n_vocab, n_embd], got " +
                           std::to_string(wte.ndim()) + "-D");
@@ -148,7 +191,7 @@ Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
   w.n_embd = static_cast<int>(d);
   w.n_ctx = static_cast<int>(n_ctx);
   w.n_head = n_head;
-  w.wte = reader.array(params, "wte", "", {n_vocab, d});
+  w.wte = reader.matrix(params, "wte", "", n_vocab, d, {n_vocab, blocks_of(d)}, w.wte_packed);
   w.wpe = reader.array(params, "wpe", "", {n_ctx, d});
   w.ln_f = reader.layer_norm(params, "ln_f", "", d);
 
@@ -164,11 +207,12 @@ Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
     const std::string path = "blocks[" + std::to_string(i) + "]";
     py::handle node = block_list[i];
     if (d_ff == 0) {
-      py::object fc_w = reader.child(reader.child(reader.child(node, "mlp", path), "c_fc",
+      // The feed-forward width, from the bias (never packed).
+      py::object fc_b = reader.child(reader.child(reader.child(node, "mlp", path), "c_fc",
                                                   path + ".mlp"),
-                                     "w", path + ".mlp.c_fc");
-      if (py::isinstance<py::array>(fc_w) && py::array(fc_w).ndim() == 2)
-        d_ff = checked_dim(py::array(fc_w).shape(1), "the feed-forward width (c_fc.w.shape[1])");
+                                     "b", path + ".mlp.c_fc");
+      if (py::isinstance<py::array>(fc_b) && py::array(fc_b).ndim() == 1)
+        d_ff = checked_dim(py::array(fc_b).shape(0), "the feed-forward width (c_fc.b.shape[0])");
       else
         d_ff = 4 * d;  // let array() report the problem against GPT-2's usual shape
     }
@@ -232,7 +276,9 @@ class Model {
       throw py::type_error("params must be a dict in picoGPT's layout (wte, wpe, blocks, ln_f)");
     py::object wte = py::none();
     if (params.contains("wte")) wte = params["wte"];
-    if (py::isinstance<py::array_t<float>>(wte))
+    if (is_mapping(wte))  // packed (bf16 / int8) weights belong to float32 models
+      init<float>(params, static_cast<int>(n_head));
+    else if (py::isinstance<py::array_t<float>>(wte))
       init<float>(params, static_cast<int>(n_head));
     else if (py::isinstance<py::array_t<double>>(wte))
       init<double>(params, static_cast<int>(n_head));
@@ -583,7 +629,7 @@ void bind_kernels(py::module_& m) {
       py::array_t<T> out({n, n_vocab});
       T* o = out.mutable_data();
       py::gil_scoped_release release;
-      backend().kernels<T>().unembed(x.data(), n, wte.data(), n_vocab, d, o);
+      backend().kernels<T>().unembed(x.data(), n, wte.data(), Packed{}, n_vocab, d, o);
       return out;
     });
   });
@@ -596,7 +642,7 @@ void bind_kernels(py::module_& m) {
       const std::vector<int32_t> ids = token_ids(ids_obj, wte.shape(0), "ids");
       require(pos0 >= 0 && pos0 + ids.size() <= size_t(wpe.shape(0)), "positions exceed wpe");
       py::array_t<T> out({py::ssize_t(ids.size()), py::ssize_t(d)});
-      backend().kernels<T>().embedding(wte.data(), wpe.data(), d, ids.data(), ids.size(), pos0,
+      backend().kernels<T>().embedding(wte.data(), Packed{}, wpe.data(), d, ids.data(), ids.size(), pos0,
                                        out.mutable_data());
       return out;
     });

@@ -57,7 +57,7 @@ void forward(const Weights<T>& w, const Segment<T>* segments, int n_segments, Wo
   T* x = ws.x.data();
   int rows = 0;
   for (int s = 0; s < n_segments; rows += segments[s++].n)
-    embedding(w.wte, w.wpe, w.n_embd, segments[s].ids, segments[s].n, segments[s].cache->length,
+    embedding(w.wte, w.wte_packed, w.wpe, w.n_embd, segments[s].ids, segments[s].n, segments[s].cache->length,
               x + rows * d);
   for (int layer = 0; layer < w.n_layer(); ++layer)
     transformer_block(x, rows, w.blocks[layer], layer, segments, n_segments, ws);
@@ -72,7 +72,7 @@ void forward(const Weights<T>& w, const Segment<T>* segments, int n_segments, Wo
     rows = n_segments;
   }
   layer_norm(x, rows, w.n_embd, w.ln_f, ws.h.data());
-  unembed(ws.h.data(), rows, w.wte, w.n_vocab, w.n_embd, logits);
+  unembed(ws.h.data(), rows, w.wte, w.wte_packed, w.n_vocab, w.n_embd, logits);
 }
 
 template void forward<float>(const Weights<float>&, const Segment<float>*, int, Workspace<float>&,

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -412,15 +413,109 @@ inline void attend(const float* q, const float* k, const float* v, int n_keys, i
 }  // namespace f32
 #endif  // GPT2GEN_SIMD_F32
 
+// Packed (bf16, int8) float32 weights, read in the same accumulation order for every row count
+// and thread count. int8: each output accumulates Σ_blocks scale·(Σ_{k in block} x[k]·q[k]).
+namespace packed {
+
+inline float bf16_to_float(uint16_t bits) {
+  const uint32_t u = uint32_t(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+constexpr int kCols = 64;  // output columns per panel: fixed, so the accumulators vectorise
+
+// out[r, j0 : j0 + cols] = x[r]·w[:, j0 : j0 + cols] + b for every row r.
+inline void linear_panel(const float* x, int n, const LinearWeights<float>& lin, int j0, int cols,
+                         float* out) {
+  const int d_in = lin.d_in, d_out = lin.d_out;
+  for (int r = 0; r < n; ++r) {
+    const float* xr = x + size_t(r) * d_in;
+    float acc[kCols] = {};
+    if (lin.packed.format == WeightFormat::bf16) {
+      const uint16_t* w = static_cast<const uint16_t*>(lin.packed.data) + j0;
+      for (int k = 0; k < d_in; ++k) {
+        const uint16_t* wk = w + size_t(k) * d_out;
+        for (int j = 0; j < cols; ++j) acc[j] += xr[k] * bf16_to_float(wk[j]);
+      }
+    } else {
+      const int8_t* q = static_cast<const int8_t*>(lin.packed.data) + j0;
+      for (int k0 = 0; k0 < d_in; k0 += kQuantBlock) {
+        float block[kCols] = {};
+        for (int k = k0; k < std::min(d_in, k0 + kQuantBlock); ++k) {
+          const int8_t* qk = q + size_t(k) * d_out;
+          for (int j = 0; j < cols; ++j) block[j] += xr[k] * float(qk[j]);
+        }
+        const float* scale = lin.packed.scales + size_t(k0 / kQuantBlock) * d_out + j0;
+        for (int j = 0; j < cols; ++j) acc[j] += scale[j] * block[j];
+      }
+    }
+    float* o = out + size_t(r) * d_out + j0;
+    for (int j = 0; j < cols; ++j) o[j] = acc[j] + lin.b[j0 + j];
+  }
+}
+
+inline void linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
+  const int n_panels = (lin.d_out + kCols - 1) / kCols;
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
+  for (int p = 0; p < n_panels; ++p)
+    linear_panel(x, n, lin, p * kCols, std::min(kCols, lin.d_out - p * kCols), out);
+}
+
+// Row v of a packed [rows, d] matrix (int8 scales [rows, ceil(d / kQuantBlock)]) as float32.
+inline void unpack_row(Packed m, int v, int d, float* out) {
+  if (m.format == WeightFormat::bf16) {
+    const uint16_t* row = static_cast<const uint16_t*>(m.data) + size_t(v) * d;
+    for (int c = 0; c < d; ++c) out[c] = bf16_to_float(row[c]);
+  } else {
+    const int8_t* row = static_cast<const int8_t*>(m.data) + size_t(v) * d;
+    const float* scale = m.scales + size_t(v) * ((d + kQuantBlock - 1) / kQuantBlock);
+    for (int c = 0; c < d; ++c) out[c] = float(row[c]) * scale[c / kQuantBlock];
+  }
+}
+
+// x[r]·wte[v] for a packed wte row, in the order of the int8 formula above.
+inline float dot_row(const float* x, Packed m, int v, int d) {
+  float acc = 0;
+  if (m.format == WeightFormat::bf16) {
+    const uint16_t* row = static_cast<const uint16_t*>(m.data) + size_t(v) * d;
+    for (int c = 0; c < d; ++c) acc += x[c] * bf16_to_float(row[c]);
+    return acc;
+  }
+  const int8_t* row = static_cast<const int8_t*>(m.data) + size_t(v) * d;
+  const float* scale = m.scales + size_t(v) * ((d + kQuantBlock - 1) / kQuantBlock);
+  for (int c0 = 0; c0 < d; c0 += kQuantBlock) {
+    float block = 0;
+    for (int c = c0; c < std::min(d, c0 + kQuantBlock); ++c) block += x[c] * float(row[c]);
+    acc += scale[c0 / kQuantBlock] * block;
+  }
+  return acc;
+}
+
+inline void unembed(const float* x, int n, Packed wte, int n_vocab, int d, float* out) {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int v = 0; v < n_vocab; ++v)
+    for (int r = 0; r < n; ++r) out[size_t(r) * n_vocab + v] = dot_row(x + size_t(r) * d, wte, v, d);
+}
+
+}  // namespace packed
+
 }  // namespace
 
 template <typename T>
-void embedding(const T* wte, const T* wpe, int n_embd, const int32_t* ids, int n, int pos0,
-               T* out) {
+void embedding(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const int32_t* ids,
+               int n, int pos0, T* out) {
   for (int t = 0; t < n; ++t) {
-    const T* tok = wte + size_t(ids[t]) * n_embd;
     const T* pos = wpe + size_t(pos0 + t) * n_embd;
     T* o = out + size_t(t) * n_embd;
+    if constexpr (std::is_same_v<T, float>)
+      if (wte_packed.format != WeightFormat::native) {
+        packed::unpack_row(wte_packed, ids[t], n_embd, o);
+        for (int i = 0; i < n_embd; ++i) o[i] += pos[i];
+        continue;
+      }
+    const T* tok = wte + size_t(ids[t]) * n_embd;
     for (int i = 0; i < n_embd; ++i) o[i] = tok[i] + pos[i];
   }
 }
@@ -481,6 +576,8 @@ void softmax(T* x, int n) {
 
 template <typename T>
 void linear(const T* x, int n, LinearWeights<T> lin, T* out) {
+  if constexpr (std::is_same_v<T, float>)
+    if (lin.packed.format != WeightFormat::native) return packed::linear(x, n, lin, out);
 #if GPT2GEN_SIMD_F32
   if constexpr (std::is_same_v<T, float>) return f32::linear(x, n, lin, out);
 #endif
@@ -502,7 +599,10 @@ void linear(const T* x, int n, LinearWeights<T> lin, T* out) {
 }
 
 template <typename T>
-void unembed(const T* x, int n, const T* wte, int n_vocab, int d, T* out) {
+void unembed(const T* x, int n, const T* wte, Packed wte_packed, int n_vocab, int d, T* out) {
+  if constexpr (std::is_same_v<T, float>)
+    if (wte_packed.format != WeightFormat::native)
+      return packed::unembed(x, n, wte_packed, n_vocab, d, out);
 #if GPT2GEN_SIMD_F32
   if constexpr (std::is_same_v<T, float>) return f32::unembed(x, n, wte, n_vocab, d, out);
 #endif
@@ -561,12 +661,12 @@ void residual_add(T* x, const T* y, int64_t n) {
 }
 
 #define GPT2GEN_INSTANTIATE(T)                                                              \
-  template void embedding<T>(const T*, const T*, int, const int32_t*, int, int, T*);        \
+  template void embedding<T>(const T*, Packed, const T*, int, const int32_t*, int, int, T*); \
   template void layer_norm<T>(const T*, int, int, LayerNormWeights<T>, T*);                 \
   template void gelu<T>(T*, int64_t);                                                       \
   template void softmax<T>(T*, int);                                                        \
   template void linear<T>(const T*, int, LinearWeights<T>, T*);                             \
-  template void unembed<T>(const T*, int, const T*, int, int, T*);                          \
+  template void unembed<T>(const T*, int, const T*, Packed, int, int, T*);                  \
   template void attention<T>(const T*, int, int, int, int, T*, T*, int, T*, T*);            \
   template void residual_add<T>(T*, const T*, int64_t);
 GPT2GEN_INSTANTIATE(float)

@@ -20,9 +20,10 @@
 namespace gpt2gen {
 namespace GPT2GEN_ISA_NS {
 
-// out[t] = wte[ids[t]] + wpe[pos0 + t]
+// out[t] = wte[ids[t]] + wpe[pos0 + t]  (wte read from wte_packed when packed)
 template <typename T>
-void embedding(const T* wte, const T* wpe, int n_embd, const int32_t* ids, int n, int pos0, T* out);
+void embedding(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const int32_t* ids,
+               int n, int pos0, T* out);
 
 // Per row: g·(x − mean)/√(var + 1e-5) + b, biased variance.
 template <typename T>
@@ -42,7 +43,7 @@ void linear(const T* x, int n, LinearWeights<T> lin, T* out);
 
 // Logits against the tied embedding: out[n, n_vocab] = x[n, d]·wteᵀ.
 template <typename T>
-void unembed(const T* x, int n, const T* wte, int n_vocab, int d, T* out);
+void unembed(const T* x, int n, const T* wte, Packed wte_packed, int n_vocab, int d, T* out);
 
 // Causal multi-head attention of n new positions (starting at pos0) over the cache:
 // qkv[n, 3·n_embd] is c_attn's output; the new keys and values are appended to the cache

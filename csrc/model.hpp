@@ -13,13 +13,31 @@ struct LayerNormWeights {
   const T* b;
 };
 
-// y = x·w + b with GPT-2's layout w[d_in, d_out].
+// How a weight matrix is stored. float32 models may pack their matrices once into bf16 or int8
+// (python/gpt2gen/packing.py); activations and accumulation stay float32.
+enum class WeightFormat : uint8_t {
+  native,  // the parameters' dtype, read in place
+  bf16,    // uint16: the high half of each float32, rounded to nearest even
+  int8,    // int8 q with float32 scales: value = q·scale, one scale per kQuantBlock values along
+           // the dimension the kernel reduces over
+};
+constexpr int kQuantBlock = 32;
+
+struct Packed {
+  WeightFormat format = WeightFormat::native;
+  const void* data = nullptr;     // uint16 (bf16) or int8 values, laid out as the native matrix
+  const float* scales = nullptr;  // int8 only
+};
+
+// y = x·w + b with GPT-2's layout w[d_in, d_out] (w is null when the matrix is packed; int8
+// scales are [ceil(d_in / kQuantBlock), d_out]).
 template <typename T>
 struct LinearWeights {
   const T* w;
   const T* b;
   int d_in;
   int d_out;
+  Packed packed{};
 };
 
 template <typename T>
@@ -35,6 +53,7 @@ struct Weights {
   using value_type = T;
   int n_vocab = 0, n_ctx = 0, n_embd = 0, n_head = 0;
   const T* wte = nullptr;  // [n_vocab, n_embd], also the output projection (tied)
+  Packed wte_packed{};     // when packed (wte is null): int8 scales [n_vocab, ceil(n_embd / 32)]
   const T* wpe = nullptr;  // [n_ctx, n_embd]
   std::vector<BlockWeights<T>> blocks;
   LayerNormWeights<T> ln_f{};

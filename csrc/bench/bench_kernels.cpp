@@ -103,14 +103,14 @@ void BM_embedding(benchmark::State& state) {
   std::vector<int32_t> ids(n);
   for (int i = 0; i < n; ++i) ids[i] = (i * 7919) % kVocab;
   std::vector<float> out(size_t(n) * kEmbd);
-  K().embedding(wte.data(), wpe.data(), kEmbd, ids.data(), n, 5, out.data());
+  K().embedding(wte.data(), Packed{}, wpe.data(), kEmbd, ids.data(), n, 5, out.data());
   std::vector<double> want(out.size());
   for (int t = 0; t < n; ++t)
     for (int i = 0; i < kEmbd; ++i)
       want[size_t(t) * kEmbd + i] = double(wte[size_t(ids[t]) * kEmbd + i] + wpe[size_t(5 + t) * kEmbd + i]);
   check("embedding", out.data(), want, 0, 0);
   for (auto _ : state) {
-    K().embedding(wte.data(), wpe.data(), kEmbd, ids.data(), n, 5, out.data());
+    K().embedding(wte.data(), Packed{}, wpe.data(), kEmbd, ids.data(), n, 5, out.data());
     benchmark::DoNotOptimize(out.data());
   }
   set_counters(state, 3.0 * n * kEmbd * 4, 0);
@@ -244,7 +244,7 @@ void BM_unembed(benchmark::State& state) {
   static const std::vector<float> wte = random_vec(size_t(kVocab) * d, 10, 0.1f);
   const std::vector<float> x = random_vec(size_t(n) * d, 11);
   std::vector<float> out(size_t(n) * kVocab);
-  K().unembed(x.data(), n, wte.data(), kVocab, d, out.data());
+  K().unembed(x.data(), n, wte.data(), Packed{}, kVocab, d, out.data());
   std::vector<double> want(out.size());
   for (int r = 0; r < n; ++r)
     for (int v = 0; v < kVocab; ++v) {
@@ -256,14 +256,14 @@ void BM_unembed(benchmark::State& state) {
   if (n > 1) {
     std::vector<float> one(kVocab);
     for (int r = 0; r < n; ++r) {
-      K().unembed(x.data() + size_t(r) * d, 1, wte.data(), kVocab, d, one.data());
+      K().unembed(x.data() + size_t(r) * d, 1, wte.data(), Packed{}, kVocab, d, one.data());
       for (int v = 0; v < kVocab; ++v)
         if (one[v] != out[size_t(r) * kVocab + v])
           fail("unembed: row " + std::to_string(r) + " differs from the same row computed alone");
     }
   }
   for (auto _ : state) {
-    K().unembed(x.data(), n, wte.data(), kVocab, d, out.data());
+    K().unembed(x.data(), n, wte.data(), Packed{}, kVocab, d, out.data());
     benchmark::DoNotOptimize(out.data());
   }
   set_counters(state, double(kVocab) * d * 4, 2.0 * n * kVocab * d);

@@ -6,6 +6,7 @@ from .checkpoint import CheckpointError, load_pretrained
 from .engine import forward, generate, processed_probabilities
 from .exercise import gen_text, load_encoder_hparams_and_params
 from .model import GPT2, Completion, Score, TokenLogprob
+from .packing import pack_params, unpack_params
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -23,9 +24,11 @@ __all__ = [
     "load_encoder_hparams_and_params",
     "load_pretrained",
     "num_threads",
+    "pack_params",
     "processed_probabilities",
     "reference",
     "set_backend",
     "set_num_threads",
     "supported_backends",
+    "unpack_params",
 ]

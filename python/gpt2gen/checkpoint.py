@@ -438,7 +438,7 @@ def checkpoint_to_params(
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
-        raise CheckpointError(f"dtype must be float32 or float64, got {dtype}")
+        raise CheckpointError(f"dtype must be float32, float64, 'bf16' or 'int8', got {dtype}")
     short_to_full: dict[str, str] = {}
     for full in tensors:
         short = full[len(_PREFIX):] if full.startswith(_PREFIX) else full
@@ -684,6 +684,9 @@ def load_pretrained(
 ):
     """``(encoder, hparams, params)`` as picoGPT's ``load_encoder_hparams_and_params``.
 
+    ``dtype``: float32 (the default, mapped from the file), float64 (a converted copy), or
+    ``"bf16"`` / ``"int8"``: the matrices packed once by ``gpt2gen.pack_params``.
+
     ``name_or_path``: a directory in Hugging Face layout (``config.json``, ``model.safetensors``,
     ``vocab.json``, ``merges.txt``), or one of ``gpt2``, ``gpt2-medium``, ``gpt2-large``,
     ``gpt2-xl`` (or ``124M``, ``355M``, ``774M``, ``1558M``), downloaded once with
@@ -691,8 +694,14 @@ def load_pretrained(
     (files already there are used without network access). An existing directory wins over a
     name. Raises ``CheckpointError`` (``CheckpointDownloadError`` when a download fails).
     """
+    from .packing import FORMATS, pack_params
+
     model_dir = resolve_model_dir(name_or_path, models_dir)
-    hparams, params = load_checkpoint(model_dir, allow_pickle=allow_pickle, dtype=dtype)
+    packed = dtype if isinstance(dtype, str) and dtype in FORMATS else None
+    hparams, params = load_checkpoint(model_dir, allow_pickle=allow_pickle,
+                                      dtype=np.float32 if packed else dtype)
+    if packed:
+        params = pack_params(params, packed)
     encoder = _load_encoder(model_dir, hparams)
     return encoder, hparams, params
 

@@ -27,6 +27,8 @@ def parse_args(argv):
                    help="tokens to generate (default: 40)")
     p.add_argument("-m", "--model", help="model name or directory (default: the exercise's dummy model)")
     p.add_argument("--models-dir", help="where downloaded models are kept (default: the Hugging Face cache)")
+    p.add_argument("--dtype", choices=["float32", "bf16", "int8"], default="float32",
+                   help="weights as stored (float32, default) or packed once to bf16 / int8")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow loading a pickled pytorch_model.bin (can run code: trusted files only)")
 
@@ -59,8 +61,11 @@ def load_model(args):
     from .model import GPT2
 
     if args.model is None:
+        if args.dtype != "float32":
+            raise ValueError("--dtype needs --model: the exercise's model is float64")
         return GPT2.exercise()
-    return GPT2.from_pretrained(args.model, args.models_dir, allow_pickle=args.allow_pickle)
+    return GPT2.from_pretrained(args.model, args.models_dir, allow_pickle=args.allow_pickle,
+                                dtype=args.dtype)
 
 
 def run(args, out) -> str:

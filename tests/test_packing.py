@@ -1,0 +1,138 @@
+"""Packed (bf16, int8) weights: the packing against independent conversions, the engine's packed
+kernels against the NumPy reference on the values the packed weights stand for."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpt2gen
+from gpt2gen import _core, reference
+from gpt2gen.engine import generation_options
+from gpt2gen.packing import (QUANT_BLOCK, bf16_to_float, dequantize_int8, float_to_bf16,
+                             pack_params, quantize_int8, unpack_params)
+from random_models import leaves, random_params
+
+FORMATS = ["bf16", "int8"]
+
+
+def test_bf16_rounds_to_nearest_even_like_torch():
+    torch = pytest.importorskip("torch", reason="torch's bfloat16 is the reference conversion")
+    rng = np.random.default_rng(0)
+    x = np.concatenate([(rng.standard_normal(10000) * 10.0 ** rng.integers(-30, 30, 10000)).astype(np.float32),
+                        np.array([0, -0.0, np.inf, -np.inf, 1 + 2**-8, 1 + 3 * 2**-8], np.float32)])
+    theirs = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(float_to_bf16(x), theirs)
+    assert np.isnan(bf16_to_float(float_to_bf16(np.array([np.nan], np.float32))))[0]
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.integers(1, 100), cols=st.integers(1, 70), axis=st.sampled_from([0, 1]),
+       seed=st.integers(0, 2**32 - 1))
+def test_int8_blocks_bound_the_error(rows, cols, axis, seed):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((rows, cols)) * rng.uniform(0.01, 5)).astype(np.float32)
+    w[rng.random(w.shape) < 0.05] = 0
+    q, scales = quantize_int8(w, axis)
+    assert q.shape == w.shape and q.dtype == np.int8 and scales.dtype == np.float32
+    blocks = -(-w.shape[axis] // QUANT_BLOCK)
+    assert scales.shape == ((blocks, cols) if axis == 0 else (rows, blocks))
+    expanded = np.repeat(scales, QUANT_BLOCK, axis=axis)[:rows, :cols]
+    assert np.all(np.abs(dequantize_int8(q, scales, axis) - w) <= expanded / 2 * (1 + 1e-6))
+    assert np.abs(q).max(initial=0) <= 127
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("config", [(1, 32, 4, 101), (2, 48, 3, 257), (3, 64, 8, 1000), (2, 40, 5, 77)])
+def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config):
+    n_layer, n_embd, n_head, n_vocab = config
+    rng = np.random.default_rng(sum(config))
+    params = random_params(rng, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_vocab=n_vocab, n_ctx=64)
+    packed = pack_params(params, fmt)
+    ids = rng.integers(0, n_vocab, 40)
+    expected = reference.gpt2(ids, **unpack_params(packed), n_head=n_head)
+    logits = gpt2gen.forward(ids, packed, n_head)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    greedy = gpt2gen.generate(ids[:5], packed, n_head, 40)
+    assert greedy == reference.generate(list(ids[:5]), unpack_params(packed), n_head, 40)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_packed_batches_threads_and_cache_are_bit_identical(fmt):
+    params = pack_params(random_params(np.random.default_rng(5), n_layer=2, n_embd=64, n_head=4,
+                                       n_vocab=500, n_ctx=64), fmt)
+    model = _core.Model(params, 4)
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
+    together = model.start(prompts, 10, generation_options(3))
+    alone = [model.start([p], 10, generation_options(1)) for p in prompts]
+    while not together.done:
+        together.step()
+        for i, g in enumerate(alone):
+            g.step()
+            np.testing.assert_array_equal(together.logits(i), g.logits(0))
+    sequence = prompts[2] + together.generated(2)
+    np.testing.assert_array_equal(model.forward(sequence[:-1])[-1], together.logits(2))
+    before = gpt2gen.num_threads()
+    try:
+        gpt2gen.set_num_threads(1)
+        one = model.forward(sequence)
+        gpt2gen.set_num_threads(2)
+        np.testing.assert_array_equal(model.forward(sequence), one)
+    finally:
+        gpt2gen.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_packed_arrays_are_read_in_place(fmt):
+    packed = pack_params(random_params(np.random.default_rng(6), n_layer=1), fmt)
+    addresses = _core.Model(packed, 4).addresses()
+    assert addresses == {path: arr.__array_interface__["data"][0]
+                         for path, arr in leaves(packed) if isinstance(arr, np.ndarray)}
+    assert addresses["wte.data"] == packed["wte"]["data"].__array_interface__["data"][0]
+
+
+def test_pack_params_shares_what_it_does_not_pack():
+    params = random_params(np.random.default_rng(7), n_layer=1)
+    packed = pack_params(params, "int8")
+    assert packed["wpe"] is params["wpe"] and packed["ln_f"] is params["ln_f"]
+    assert packed["blocks"][0]["attn"]["c_attn"]["b"] is params["blocks"][0]["attn"]["c_attn"]["b"]
+    assert isinstance(params["wte"], np.ndarray)  # the input is not modified
+
+
+def test_bad_packed_parameters():
+    params = random_params(np.random.default_rng(8), n_layer=1, n_embd=32, n_head=4)
+    with pytest.raises(ValueError, match="dtype must be one of bf16, int8"):
+        pack_params(params, "int4")
+    with pytest.raises(TypeError, match="float32"):
+        pack_params(random_params(np.random.default_rng(8), dtype=np.float64), "bf16")
+    packed = pack_params(params, "int8")
+    packed["blocks"][0]["mlp"]["c_fc"]["w"]["format"] = "int4"
+    with pytest.raises(ValueError, match=r"'blocks\[0\]\.mlp\.c_fc\.w\.format' is 'int4'"):
+        gpt2gen.forward([1], packed, 4)
+    packed = pack_params(params, "int8")
+    packed["blocks"][0]["attn"]["c_proj"]["w"]["scales"] = np.ones((2, 32), np.float64)
+    with pytest.raises(TypeError, match=r"'blocks\[0\]\.attn\.c_proj\.w\.scales' has dtype float64"):
+        gpt2gen.forward([1], packed, 4)
+    packed = pack_params(params, "int8")
+    packed["wte"]["scales"] = packed["wte"]["scales"][:, :0].copy()
+    with pytest.raises(ValueError, match=r"'wte\.scales' has shape \(101, 0\), expected \(101, 1\)"):
+        gpt2gen.forward([1], packed, 4)
+    packed = pack_params(params, "bf16")
+    packed["blocks"][0]["attn"]["c_attn"]["w"]["data"] = packed["blocks"][0]["attn"]["c_attn"]["w"]["data"].view(np.int16)
+    with pytest.raises(TypeError, match="whose data is uint16"):
+        gpt2gen.forward([1], packed, 4)
+    mixed = pack_params(params, "bf16")
+    mixed["wpe"] = mixed["wpe"].astype(np.float64)
+    with pytest.raises(TypeError, match="'wpe' has dtype float64"):
+        gpt2gen.forward([1], mixed, 4)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_load_pretrained_packs(fmt, numpy_gpt2):
+    model_dir, _ = numpy_gpt2(n_layer=2, n_embd=32, n_head=4, vocab_size=300, n_positions=50)
+    _, hparams, packed = gpt2gen.load_pretrained(model_dir, dtype=fmt)
+    assert packed["wte"]["format"] == fmt
+    model = gpt2gen.GPT2.from_pretrained(model_dir, dtype=fmt)
+    ids = model.encode("hello there")
+    expected = reference.gpt2(np.array(ids), **unpack_params(packed), n_head=4)
+    np.testing.assert_allclose(model.engine.forward(ids), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
