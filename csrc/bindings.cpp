@@ -318,12 +318,16 @@ class Model {
   template <typename W>
   Request request(const W& w, const py::list& prompts, int max_new_tokens, const py::dict& kw) const {
     Request r;
+    GenerationOptions& o = r.options;
+    o.max_new_tokens = max_new_tokens;
+    o.slide_context = kw["slide_context"].cast<bool>();
+    std::vector<size_t> lengths;  // a hopeless request fails before its prompts are converted
+    for (py::handle p : prompts) lengths.push_back(py::hasattr(p, "__len__") ? py::len(p) : 0);
+    check_memory(w, lengths, o);
     for (size_t i = 0; i < prompts.size(); ++i)
       r.prompts.push_back(token_ids(prompts[i], w.n_vocab,
                                     prompts.size() > 1 ? ("inputs[" + std::to_string(i) + "]").c_str()
                                                        : "inputs"));
-    GenerationOptions& o = r.options;
-    o.max_new_tokens = max_new_tokens;
     o.sampling = sampling_options(kw);
     o.seeds = kw["seeds"].cast<std::vector<uint64_t>>();
     o.eos_token_ids = kw["eos_token_ids"].cast<std::vector<int32_t>>();
@@ -333,7 +337,6 @@ class Model {
                               " is not a token id: the vocabulary has ids 0.." +
                               std::to_string(w.n_vocab - 1));
     o.top_logprobs = kw["top_logprobs"].cast<int>();
-    o.slide_context = kw["slide_context"].cast<bool>();
     return r;
   }
 

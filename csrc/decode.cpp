@@ -29,9 +29,9 @@ std::vector<int32_t> context_of(const std::vector<int32_t>& prompt, int n_ctx, b
 }
 
 // Rows one forward pass may process: a whole prompt, a batch step, or a slide's recomputation.
-int max_rows(const std::vector<std::vector<int32_t>>& prompts, int n_ctx, bool slide) {
-  size_t rows = prompts.size();
-  for (const auto& p : prompts) rows = std::max(rows, std::min<size_t>(p.size(), n_ctx));
+int max_rows(const std::vector<size_t>& prompt_lengths, int n_ctx, bool slide) {
+  size_t rows = prompt_lengths.size();
+  for (size_t n : prompt_lengths) rows = std::max(rows, std::min<size_t>(n, n_ctx));
   if (slide) rows = std::max<size_t>(rows, n_ctx / 2);
   return static_cast<int>(rows);
 }
@@ -54,18 +54,21 @@ size_t physical_memory_bytes() {
 }
 
 template <typename T>
-size_t BatchGenerator<T>::bytes_needed(const Weights<T>& weights,
-                                       const std::vector<std::vector<int32_t>>& prompts,
-                                       const GenerationOptions& options) {
+void check_memory(const Weights<T>& weights, const std::vector<size_t>& prompt_lengths,
+                  const GenerationOptions& options) {
   size_t bytes = 0, max_capacity = 0;
-  for (const auto& p : prompts) {
-    const int cap = capacity(weights.n_ctx, p.size(), options);
+  for (size_t n : prompt_lengths) {
+    const int cap = capacity(weights.n_ctx, n, options);
     max_capacity = std::max<size_t>(max_capacity, cap);
     bytes += KVCache<T>::bytes(weights, cap) + size_t(weights.n_vocab) * 32;  // + sampler state
   }
-  const int rows = max_rows(prompts, weights.n_ctx, options.slide_context);
-  return bytes + Workspace<T>::bytes(weights, rows, max_capacity) +
-         sizeof(T) * size_t(weights.n_vocab) * prompts.size();
+  const int rows = max_rows(prompt_lengths, weights.n_ctx, options.slide_context);
+  bytes += Workspace<T>::bytes(weights, rows, max_capacity) +
+           2 * sizeof(T) * size_t(weights.n_vocab) * prompt_lengths.size();
+  if (bytes > physical_memory_bytes())
+    throw std::length_error("this generation would need " + gib(bytes) + " for its KV cache and "
+                            "activations, more than this machine's " +
+                            gib(physical_memory_bytes()));
 }
 
 template <typename T>
@@ -95,11 +98,9 @@ BatchGenerator<T>::BatchGenerator(const Weights<T>& weights,
           std::to_string(n + options_.max_new_tokens) + " positions exceed n_ctx = " +
           std::to_string(weights.n_ctx) + " (a sliding window can be asked for explicitly)");
   }
-  const size_t needed = bytes_needed(weights, prompts, options_);
-  if (needed > physical_memory_bytes())
-    throw std::length_error("this generation would need " + gib(needed) + " for its KV cache and "
-                            "activations, more than this machine's " +
-                            gib(physical_memory_bytes()));
+  std::vector<size_t> lengths;
+  for (const auto& p : prompts) lengths.push_back(p.size());
+  check_memory(weights, lengths, options_);
 
   size_t max_capacity = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -113,7 +114,7 @@ BatchGenerator<T>::BatchGenerator(const Weights<T>& weights,
         KVCache<T>(weights, cap)}));
     if (options_.max_new_tokens == 0) sequences_.back()->finish = FinishReason::length;
   }
-  workspace_ = Workspace<T>(weights, max_rows(prompts, weights.n_ctx, options_.slide_context),
+  workspace_ = Workspace<T>(weights, max_rows(lengths, weights.n_ctx, options_.slide_context),
                             static_cast<int>(max_capacity));
   logits_.resize(size_t(weights.n_vocab) * prompts.size());
   batch_logits_.resize(logits_.size());
@@ -253,6 +254,8 @@ std::vector<double> score(const Weights<T>& weights, const std::vector<int32_t>&
 }
 
 #define GPT2GEN_INSTANTIATE(T)                                                                 \
+  template void check_memory<T>(const Weights<T>&, const std::vector<size_t>&,                 \
+                                const GenerationOptions&);                                     \
   template class BatchGenerator<T>;                                                            \
   template std::vector<std::vector<int32_t>> generate<T>(                                      \
       const Weights<T>&, const std::vector<std::vector<int32_t>>&, const GenerationOptions&,   \

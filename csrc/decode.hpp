@@ -59,11 +59,6 @@ class BatchGenerator {
   const T* logits(int i) const { return last_logits_[i]; }
   int size() const { return static_cast<int>(sequences_.size()); }
 
-  // Bytes of KV cache and scratch a generation would allocate; checked before allocating.
-  static size_t bytes_needed(const Weights<T>& weights,
-                             const std::vector<std::vector<int32_t>>& prompts,
-                             const GenerationOptions& options);
-
  private:
   void choose(int i, const T* logits);
   void slide(int i);
@@ -80,6 +75,12 @@ class BatchGenerator {
   std::vector<int> stepped_, batched_;
   bool prefilled_ = false;
 };
+
+// Refuses (std::length_error, saying how much) a generation whose KV caches and scratch would
+// not fit in this machine's memory, before anything is allocated.
+template <typename T>
+void check_memory(const Weights<T>& weights, const std::vector<size_t>& prompt_lengths,
+                  const GenerationOptions& options);
 
 // Runs a generation to the end without calling back into Python unless on_token is set
 // (on_token(sequence, token) returning false stops that sequence). cancel, if set, is checked
