@@ -326,18 +326,29 @@ inline void unembed_tile(const float* x, const float* wte, int d, float* out, in
 template <int R, int NV>
 inline void unembed_rows(const float* x, int n, const float* wte, int d, int n_vocab, float* out,
                          int v0, int v1) {
-  // Vocabulary groups outside, rows inside: each group of wte rows is read from memory once.
-  int v = v0;
-  for (; v + NV <= v1; v += NV) {
+  // Blocks of wte rows small enough for L2 are read from memory once; inside a block, each tile
+  // of x rows (L1) visits every group of NV vocabulary rows.
+  const int block = std::max(NV, (256 * 1024 / (d * int(sizeof(float)) + 1)) / NV * NV);
+  for (int b0 = v0; b0 < v1; b0 += block) {
+    const int b1 = std::min(v1, b0 + block);
     int r = 0;
-    for (; r + R <= n; r += R)
-      unembed_tile<R, NV>(x + size_t(r) * d, wte + size_t(v) * d, d, out + size_t(r) * n_vocab + v, n_vocab);
-    for (; r < n; ++r)
-      unembed_tile<1, NV>(x + size_t(r) * d, wte + size_t(v) * d, d, out + size_t(r) * n_vocab + v, n_vocab);
+    for (; r < n; r += R) {
+      const int rows = std::min(R, n - r);
+      const float* xr = x + size_t(r) * d;
+      float* o = out + size_t(r) * n_vocab;
+      int v = b0;
+      for (; v + NV <= b1; v += NV) {
+        if (rows == R)
+          unembed_tile<R, NV>(xr, wte + size_t(v) * d, d, o + v, n_vocab);
+        else
+          for (int rr = 0; rr < rows; ++rr)
+            unembed_tile<1, NV>(xr + size_t(rr) * d, wte + size_t(v) * d, d, o + size_t(rr) * n_vocab + v, n_vocab);
+      }
+      for (; v < b1; ++v)
+        for (int rr = 0; rr < rows; ++rr)
+          unembed_tile<1, 1>(xr + size_t(rr) * d, wte + size_t(v) * d, d, o + size_t(rr) * n_vocab + v, n_vocab);
+    }
   }
-  for (; v < v1; ++v)
-    for (int r = 0; r < n; ++r)
-      unembed_tile<1, 1>(x + size_t(r) * d, wte + size_t(v) * d, d, out + size_t(r) * n_vocab + v, n_vocab);
 }
 
 inline void unembed(const float* x, int n, const float* wte, int n_vocab, int d, float* out) {
