@@ -195,6 +195,11 @@ inline void linear_decode(const float* x, LinearWeights<float> lin, float* out, 
   if (v1 - v >= 1) { run(std::integral_constant<int, 1>(), v); v += 1; }
 }
 
+// Build-time knobs for A/B runs with benchmarks/ab_micro.py (defaults are the measured choice):
+// GPT2GEN_DECODE_MODE 1 = row streaming (below), 0 = register panels of GPT2GEN_DECODE_VECS
+// vectors with software prefetch GPT2GEN_PREFETCH_ROWS ahead (linear_decode above). At one thread
+// 16-vector panels without prefetch and 8-row streaming were within noise of each other; 24-vector
+// panels were 20-50% slower, with or without prefetch.
 #ifndef GPT2GEN_DECODE_MODE
 #define GPT2GEN_DECODE_MODE 1
 #endif
