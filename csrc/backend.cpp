@@ -3,9 +3,17 @@
 
 #include <omp.h>
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
+#include <set>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 namespace gpt2gen {
 
@@ -61,7 +69,35 @@ const Backend* initial_backend() {
 
 std::atomic<const Backend*> current_backend{nullptr};
 
-int default_threads() { return omp_get_max_threads(); }  // OMP_NUM_THREADS, else the CPUs we may use
+// OMP_NUM_THREADS if set; otherwise the physical cores among the CPUs this process may run on
+// (SMT siblings share a core's FMA units and its memory bandwidth, so a second thread per core
+// only adds contention); omp_get_max_threads() if the topology cannot be read.
+int physical_cores() {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+  std::set<std::pair<long, long>> cores;  // (package, core)
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &set)) continue;
+    const std::string dir = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    long package = -1, core = -1;
+    std::ifstream p(dir + "physical_package_id"), c(dir + "core_id");
+    if (!(p >> package) || !(c >> core)) return 0;
+    cores.emplace(package, core);
+  }
+  return static_cast<int>(cores.size());
+#else
+  return 0;
+#endif
+}
+
+int default_threads() {
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  if (env && *env) return omp_get_max_threads();
+  static const int cores = physical_cores();
+  return cores > 0 ? cores : omp_get_max_threads();
+}
 
 std::atomic<int> thread_count{0};
 

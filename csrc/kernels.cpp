@@ -103,45 +103,53 @@ constexpr int W = F32::W;
 
 // linear, canonical order of every output element, whatever the tiling, the row count or the
 // thread count:  acc = 0;  acc = fma(x[r, k], w[k, j], acc) for k = 0 .. d_in − 1;  out = acc + b[j].
-constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vectors of columns
+#ifndef GPT2GEN_DECODE_VECS
+#define GPT2GEN_DECODE_VECS (W == 16 ? 24 : 12)
+#endif
+#ifndef GPT2GEN_PREFETCH_ROWS
+#define GPT2GEN_PREFETCH_ROWS 8
+#endif
+constexpr int kDecodeVecs = GPT2GEN_DECODE_VECS;  // n = 1: 1 row × 24 (12) vectors of columns
 constexpr int kTileRows = W == 16 ? 6 : 4;      // n > 1: 6 (4) rows × 4 (3) vectors
 constexpr int kTileVecs = W == 16 ? 4 : 3;
 constexpr int kKBlock = 256;                    // rows of w per pass over the tile's x rows
-constexpr int kPrefetchRows = 8;                // decode: prefetch w this many rows ahead
+constexpr int kPrefetchRows = GPT2GEN_PREFETCH_ROWS;  // decode: prefetch w rows ahead (0: off)
 
 // out[r, p·W + lane] (+)= Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane] for R rows and P column
-// vectors, the last vector masked by `last`. Starting at k0 > 0 continues the partial sums kept in
-// out (stored as the float accumulator, so exactly); bias, if given, is added at the end.
-template <int R, int P, bool kPrefetch>
+// vectors, the last vector masked by `last` if kTail. Starting at k0 > 0 continues the partial
+// sums kept in out (stored as the float accumulator, so exactly); bias, if given, is added at the
+// end. Registers: R·P accumulators, R broadcasts of x, one vector of w.
+template <int R, int P, bool kPrefetch, bool kTail>
 inline void linear_tile(const float* x, int ldx, const float* w, int ldw, int k0, int k1,
                         const float* bias, float* out, int ldo, Mask last) {
+  auto load = [last](const float* p, int vec) {
+    return kTail && vec == P - 1 ? F32::load(p, last) : F32::load(p);
+  };
   V acc[R][P];
   for (int r = 0; r < R; ++r)
     for (int p = 0; p < P; ++p)
-      acc[r][p] = k0 == 0 ? F32::zero()
-                          : (p == P - 1 ? F32::load(out + size_t(r) * ldo + p * W, last)
-                                        : F32::load(out + size_t(r) * ldo + p * W));
+      acc[r][p] = k0 == 0 ? F32::zero() : load(out + size_t(r) * ldo + p * W, p);
   for (int k = k0; k < k1; ++k) {
     const float* wk = w + size_t(k) * ldw;
-    if constexpr (kPrefetch)
+    if constexpr (kPrefetch && kPrefetchRows > 0)
       for (int p = 0; p < P; ++p)
         _mm_prefetch(reinterpret_cast<const char*>(wk + size_t(kPrefetchRows) * ldw + p * W),
                      _MM_HINT_T0);
-    V wv[P];
-    for (int p = 0; p < P; ++p) wv[p] = p == P - 1 ? F32::load(wk + p * W, last) : F32::load(wk + p * W);
-    for (int r = 0; r < R; ++r) {
-      const V xv = F32::set1(x[size_t(r) * ldx + k]);
-      for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p], acc[r][p]);
+    V xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = F32::set1(x[size_t(r) * ldx + k]);
+    for (int p = 0; p < P; ++p) {
+      const V wv = load(wk + p * W, p);
+      for (int r = 0; r < R; ++r) acc[r][p] = F32::fma(xv[r], wv, acc[r][p]);
     }
   }
   if (bias)
     for (int p = 0; p < P; ++p) {
-      const V bv = p == P - 1 ? F32::load(bias + p * W, last) : F32::load(bias + p * W);
+      const V bv = load(bias + p * W, p);
       for (int r = 0; r < R; ++r) acc[r][p] = F32::add(acc[r][p], bv);
     }
   for (int r = 0; r < R; ++r)
     for (int p = 0; p < P; ++p) {
-      if (p == P - 1)
+      if (kTail && p == P - 1)
         F32::store(out + size_t(r) * ldo + p * W, acc[r][p], last);
       else
         F32::store(out + size_t(r) * ldo + p * W, acc[r][p]);
@@ -151,17 +159,19 @@ inline void linear_tile(const float* x, int ldx, const float* w, int ldw, int k0
 using TileFn = void (*)(const float*, int, const float*, int, int, int, const float*, float*, int,
                         Mask);
 
-template <int R, int... Ps>
+template <int R, bool kTail, int... Ps>
 constexpr std::array<TileFn, sizeof...(Ps)> tiles_for_rows(std::integer_sequence<int, Ps...>) {
-  return {&linear_tile<R, Ps + 1, false>...};
+  return {&linear_tile<R, Ps + 1, false, kTail>...};
 }
-template <int... Rs>
+template <bool kTail, int... Rs>
 constexpr std::array<std::array<TileFn, kTileVecs>, sizeof...(Rs)> tile_table(
     std::integer_sequence<int, Rs...>) {
-  return {tiles_for_rows<Rs + 1>(std::make_integer_sequence<int, kTileVecs>())...};
+  return {tiles_for_rows<Rs + 1, kTail>(std::make_integer_sequence<int, kTileVecs>())...};
 }
-// kTiles[rows − 1][vecs − 1]
-constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kTileRows>());
+// kTiles[tail][rows − 1][vecs − 1]
+constexpr std::array<std::array<std::array<TileFn, kTileVecs>, kTileRows>, 2> kTiles = {
+    tile_table<false>(std::make_integer_sequence<int, kTileRows>()),
+    tile_table<true>(std::make_integer_sequence<int, kTileRows>())};
 
 // n = 1: columns vectors [v0, v1) of the thread, in panels as wide as the registers allow, each
 // streaming its rows of w once with software prefetch.
@@ -170,9 +180,12 @@ inline void linear_decode(const float* x, LinearWeights<float> lin, float* out, 
   const int tail = lin.d_out - (nvec - 1) * W;
   auto run = [&](auto vecs_c, int v) {
     constexpr int P = decltype(vecs_c)::value;
-    const Mask m = F32::mask(v + P == nvec ? tail : W);
-    linear_tile<1, P, true>(x, lin.d_in, lin.w + v * W, lin.d_out, 0, lin.d_in, lin.b + v * W,
-                            out + v * W, lin.d_out, m);
+    if (v + P == nvec && tail < W)
+      linear_tile<1, P, true, true>(x, lin.d_in, lin.w + v * W, lin.d_out, 0, lin.d_in,
+                                    lin.b + v * W, out + v * W, lin.d_out, F32::mask(tail));
+    else
+      linear_tile<1, P, true, false>(x, lin.d_in, lin.w + v * W, lin.d_out, 0, lin.d_in,
+                                     lin.b + v * W, out + v * W, lin.d_out, F32::mask(W));
   };
   int v = v0;
   for (; v1 - v >= kDecodeVecs; v += kDecodeVecs) run(std::integral_constant<int, kDecodeVecs>(), v);
@@ -183,20 +196,82 @@ inline void linear_decode(const float* x, LinearWeights<float> lin, float* out, 
   if (v1 - v >= 1) { run(std::integral_constant<int, 1>(), v); v += 1; }
 }
 
+// Build-time knobs for A/B runs with benchmarks/ab_micro.py (defaults are the measured choice):
+// GPT2GEN_DECODE_MODE 1 = row streaming (below), 0 = register panels of GPT2GEN_DECODE_VECS
+// vectors with software prefetch GPT2GEN_PREFETCH_ROWS ahead (linear_decode above). At one thread
+// 16-vector panels without prefetch and 8-row streaming were within noise of each other; 24-vector
+// panels were 20-50% slower, with or without prefetch.
+#ifndef GPT2GEN_DECODE_MODE
+#define GPT2GEN_DECODE_MODE 1
+#endif
+#ifndef GPT2GEN_STREAM_ROWS
+#define GPT2GEN_STREAM_ROWS 8
+#endif
+constexpr int kStreamRows = GPT2GEN_STREAM_ROWS;
+
+// n = 1, row streaming: the thread's columns [v0, v1) of kStreamRows rows of w at a time, all of
+// them contiguous in memory (kStreamRows sequential streams for the prefetchers); the partial sums
+// live in out (L1), each continued by kStreamRows FMAs in k order, the bias added at the end.
+template <bool kTail>
+inline void linear_stream_rows(const float* x, LinearWeights<float> lin, float* out, int v0,
+                               int v1, int k0, int rows, Mask last) {
+  const size_t ld = lin.d_out;
+  const float* w = lin.w + size_t(k0) * ld;
+  V xv[kStreamRows];
+  for (int r = 0; r < rows; ++r) xv[r] = F32::set1(x[k0 + r]);
+  const int vend = kTail ? v1 - 1 : v1;
+  for (int v = v0; v < vend; ++v) {
+    V acc = k0 == 0 ? F32::zero() : F32::load(out + v * W);
+    if (rows == kStreamRows) {
+      for (int r = 0; r < kStreamRows; ++r) acc = F32::fma(xv[r], F32::load(w + r * ld + v * W), acc);
+    } else {
+      for (int r = 0; r < rows; ++r) acc = F32::fma(xv[r], F32::load(w + r * ld + v * W), acc);
+    }
+    F32::store(out + v * W, acc);
+  }
+  if (kTail) {
+    const int v = v1 - 1;
+    V acc = k0 == 0 ? F32::zero() : F32::load(out + v * W, last);
+    for (int r = 0; r < rows; ++r) acc = F32::fma(xv[r], F32::load(w + r * ld + v * W, last), acc);
+    F32::store(out + v * W, acc, last);
+  }
+}
+
+inline void linear_stream(const float* x, LinearWeights<float> lin, float* out, int v0, int v1) {
+  if (v0 >= v1) return;
+  const int nvec = (lin.d_out + W - 1) / W;
+  const int tail = lin.d_out - (nvec - 1) * W;
+  const bool has_tail = v1 == nvec && tail < W;
+  const Mask m = F32::mask(has_tail ? tail : W);
+  for (int k = 0; k < lin.d_in; k += kStreamRows) {
+    const int rows = std::min(kStreamRows, lin.d_in - k);
+    if (has_tail)
+      linear_stream_rows<true>(x, lin, out, v0, v1, k, rows, m);
+    else
+      linear_stream_rows<false>(x, lin, out, v0, v1, k, rows, m);
+  }
+  for (int v = v0; v < v1; ++v) {
+    const Mask mv = F32::mask(v == nvec - 1 ? tail : W);
+    F32::store(out + v * W, F32::add(F32::load(out + v * W, mv), F32::load(lin.b + v * W, mv)), mv);
+  }
+}
+
 // n > 1: one panel of kTileVecs column vectors, blocked over k, every kTileRows rows of x reusing
 // the block of w from cache.
 inline void linear_panel(const float* x, int n, LinearWeights<float> lin, float* out, int panel) {
   const int nvec = (lin.d_out + W - 1) / W;
   const int v = panel * kTileVecs;
   const int vecs = std::min(kTileVecs, nvec - v);
-  const Mask m = F32::mask(v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W);
+  const int tail = v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W;
+  const Mask m = F32::mask(tail);
+  const auto& tiles = kTiles[tail < W];
   const float* w = lin.w + v * W;
   for (int k0 = 0; k0 < lin.d_in; k0 += kKBlock) {
     const int k1 = std::min(lin.d_in, k0 + kKBlock);
     const float* bias = k1 == lin.d_in ? lin.b + v * W : nullptr;
     for (int r = 0; r < n; r += kTileRows) {
       const int rows = std::min(kTileRows, n - r);
-      kTiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, w, lin.d_out, k0, k1, bias,
+      tiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, w, lin.d_out, k0, k1, bias,
                                  out + size_t(r) * lin.d_out + v * W, lin.d_out, m);
     }
   }
@@ -208,7 +283,11 @@ inline void linear(const float* x, int n, LinearWeights<float> lin, float* out) 
 #pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      linear_decode(x, lin, out, int(int64_t(nvec) * t / nt), int(int64_t(nvec) * (t + 1) / nt));
+      const int v0 = int(int64_t(nvec) * t / nt), v1 = int(int64_t(nvec) * (t + 1) / nt);
+      if (GPT2GEN_DECODE_MODE == 1)
+        linear_stream(x, lin, out, v0, v1);
+      else
+        linear_decode(x, lin, out, v0, v1);
     }
     return;
   }
@@ -253,18 +332,29 @@ inline void unembed_tile(const float* x, const float* wte, int d, float* out, in
 template <int R, int NV>
 inline void unembed_rows(const float* x, int n, const float* wte, int d, int n_vocab, float* out,
                          int v0, int v1) {
-  // Vocabulary groups outside, rows inside: each group of wte rows is read from memory once.
-  int v = v0;
-  for (; v + NV <= v1; v += NV) {
+  // Blocks of wte rows small enough for L2 are read from memory once; inside a block, each tile
+  // of x rows (L1) visits every group of NV vocabulary rows.
+  const int block = std::max(NV, (256 * 1024 / (d * int(sizeof(float)) + 1)) / NV * NV);
+  for (int b0 = v0; b0 < v1; b0 += block) {
+    const int b1 = std::min(v1, b0 + block);
     int r = 0;
-    for (; r + R <= n; r += R)
-      unembed_tile<R, NV>(x + size_t(r) * d, wte + size_t(v) * d, d, out + size_t(r) * n_vocab + v, n_vocab);
-    for (; r < n; ++r)
-      unembed_tile<1, NV>(x + size_t(r) * d, wte + size_t(v) * d, d, out + size_t(r) * n_vocab + v, n_vocab);
+    for (; r < n; r += R) {
+      const int rows = std::min(R, n - r);
+      const float* xr = x + size_t(r) * d;
+      float* o = out + size_t(r) * n_vocab;
+      int v = b0;
+      for (; v + NV <= b1; v += NV) {
+        if (rows == R)
+          unembed_tile<R, NV>(xr, wte + size_t(v) * d, d, o + v, n_vocab);
+        else
+          for (int rr = 0; rr < rows; ++rr)
+            unembed_tile<1, NV>(xr + size_t(rr) * d, wte + size_t(v) * d, d, o + size_t(rr) * n_vocab + v, n_vocab);
+      }
+      for (; v < b1; ++v)
+        for (int rr = 0; rr < rows; ++rr)
+          unembed_tile<1, 1>(xr + size_t(rr) * d, wte + size_t(v) * d, d, o + size_t(rr) * n_vocab + v, n_vocab);
+    }
   }
-  for (; v < v1; ++v)
-    for (int r = 0; r < n; ++r)
-      unembed_tile<1, 1>(x + size_t(r) * d, wte + size_t(v) * d, d, out + size_t(r) * n_vocab + v, n_vocab);
 }
 
 inline void unembed(const float* x, int n, const float* wte, int n_vocab, int d, float* out) {
