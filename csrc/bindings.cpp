@@ -241,17 +241,19 @@ std::vector<int32_t> token_ids(py::handle obj, int n_vocab, const char* what) {
   if (arr.ndim() != 1)
     throw py::value_error(std::string(what) + " must be 1-D, got shape " +
                           shape_str({arr.shape(), arr.shape() + arr.ndim()}));
-  auto ids = py::array_t<int64_t, py::array::forcecast>::ensure(arr);
-  std::vector<int32_t> out;
-  out.reserve(ids.size());
-  if (kind == 'u' && arr.dtype().itemsize() == 8) {  // uint64 ids above 2^63 wrap when cast
-    auto u = py::array_t<uint64_t, py::array::forcecast>::ensure(arr);
+  // A fresh contiguous, aligned copy (ids are few): any stride, byte order or alignment reads right.
+  py::module_ np = py::module_::import("numpy");
+  if (kind == 'u') {  // compare unsigned: uint64 ids above 2^63 would wrap in int64
+    auto u = py::array_t<uint64_t>(np.attr("array")(arr, "uint64"));
     for (py::ssize_t i = 0; i < u.size(); ++i)
       if (u.data()[i] >= uint64_t(n_vocab))
         throw py::value_error(std::string(what) + "[" + std::to_string(i) + "] = " +
                               std::to_string(u.data()[i]) + " is not a token id: the vocabulary "
                               "has ids 0.." + std::to_string(n_vocab - 1));
   }
+  auto ids = py::array_t<int64_t>(np.attr("array")(arr, "int64"));
+  std::vector<int32_t> out;
+  out.reserve(ids.size());
   for (py::ssize_t i = 0; i < ids.size(); ++i) {
     const int64_t id = ids.data()[i];
     if (id < 0 || id >= n_vocab)
@@ -269,9 +271,10 @@ class Model {
   Model(py::object params, py::object n_head_obj) {
     if (!py::isinstance<py::int_>(n_head_obj) || py::isinstance<py::bool_>(n_head_obj))
       throw py::type_error("n_head must be an int");
+    if (n_head_obj < py::int_(1) || n_head_obj > py::int_(std::numeric_limits<int32_t>::max()))
+      throw py::value_error("n_head must be a positive int below 2^31, got " +
+                            std::string(py::str(n_head_obj)));
     const long long n_head = n_head_obj.cast<long long>();
-    if (n_head < 1 || n_head > std::numeric_limits<int32_t>::max())
-      throw py::value_error("n_head must be a positive int, got " + std::to_string(n_head));
     if (!is_mapping(params))
       throw py::type_error("params must be a dict in picoGPT's layout (wte, wpe, blocks, ln_f)");
     py::object wte = py::none();
@@ -402,6 +405,8 @@ class Model {
   py::list arrays_;
   std::vector<std::pair<std::string, uintptr_t>> addresses_;
 };
+
+constexpr int kMaxThreads = 1024;  // beyond any machine; OpenMP fails on absurd team sizes
 
 // Set from any thread; a running generate() checks it before every step.
 struct CancelToken {
@@ -725,7 +730,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("processed_probabilities", &processed_probabilities, py::arg("logits"),
         py::arg("prompt_ids"), py::arg("output_ids"), py::arg("options"));
   m.def("num_threads", &num_threads);
-  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 0 || n > kMaxThreads)
+          throw py::value_error("set_num_threads takes 1.." + std::to_string(kMaxThreads) +
+                                " (0 restores the default), got " + std::to_string(n));
+        set_num_threads(n);
+      },
+      py::arg("n"), "Threads for every parallel region; 0 restores the default (the cores).");
 
   py::module_ kernels = m.def_submodule("kernels", "Single kernels, for tests and benchmarks.");
   bind_kernels(kernels);

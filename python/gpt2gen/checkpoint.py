@@ -102,6 +102,21 @@ _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 # safetensors
 
 
+# NumPy's limit on dimensions; every array must also count its elements in 62 bits.
+MAX_RANK = 64
+
+
+def _representable(shape) -> bool:
+    """Whether NumPy can make an array of this shape (the product of its non-zero sizes < 2**62),
+    decided without multiplying huge integers."""
+    size = 1
+    for d in shape:
+        size *= max(d, 1)
+        if size >= 2**62:
+            return False
+    return True
+
+
 class _Entry:
     __slots__ = ("dtype", "shape", "begin", "end")
 
@@ -129,7 +144,7 @@ def _parse_header(raw: bytes, path: Path, data_size: int) -> tuple[dict[str, _En
     """Validate a safetensors JSON header against the size of the data section that follows it."""
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys(path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, huge ints
         raise CheckpointError(
             f"{path}: the safetensors header ({len(raw)} bytes after the 8-byte length) is not "
             f"valid UTF-8 JSON ({e}); the file is corrupt or not a safetensors file"
@@ -153,12 +168,17 @@ def _parse_header(raw: bytes, path: Path, data_size: int) -> tuple[dict[str, _En
             got = sorted(info) if isinstance(info, dict) else type(info).__name__
             raise CheckpointError(f"{where}: expected exactly the keys dtype, shape, data_offsets; got {got}")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise CheckpointError(
                 f"{where}: unknown dtype {dtype!r} (known: {', '.join(_DTYPES)})"
             )
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise CheckpointError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        if len(shape) > MAX_RANK or not _representable(shape):
+            raise CheckpointError(
+                f"{where}: shape with {len(shape)} dimensions (at most {MAX_RANK}) whose sizes "
+                f"multiply beyond 2**62 cannot be an array"
+            )
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
@@ -599,6 +619,12 @@ def load_checkpoint(model_dir: PathLike, *, allow_pickle: bool = False, dtype: A
         raise CheckpointError(f"{model_dir}: not a directory")
     hparams, config = _read_config(model_dir)
     tensors, source = _open_weights(model_dir, allow_pickle)
+    blocks = {int(m.group(1)) for m in map(re.compile(r"(?:transformer\.)?h\.(\d+)\.").match, tensors) if m}
+    if hparams["n_layer"] > len(blocks):  # before sizing anything by a config's claim
+        raise CheckpointError(
+            f"{model_dir / 'config.json'}: n_layer={hparams['n_layer']} but {source} holds "
+            f"{len(blocks)} transformer blocks"
+        )
     if config.get("tie_word_embeddings", True) is False and "lm_head.weight" not in tensors:
         raise CheckpointError(
             f"{model_dir / 'config.json'}: tie_word_embeddings=false but {source} has no lm_head.weight; "
@@ -713,7 +739,10 @@ def _load_encoder(model_dir: Path, hparams: dict):
         raise CheckpointError(f"{model_dir}: tokenizer file{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing")
     from .tokenizer import Tokenizer  # lazily: the weights can be loaded without it
 
-    encoder = Tokenizer.from_files(*files)
+    try:
+        encoder = Tokenizer.from_files(*files)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{files[0]} / {files[1].name}: cannot load the tokenizer: {e}") from None
     if encoder.n_vocab > hparams["n_vocab"]:
         raise CheckpointError(
             f"{files[0]}: the tokenizer has ids up to {encoder.n_vocab - 1} but the model's "

@@ -96,6 +96,14 @@ def _number(name, value, kind=numbers.Real) -> None:
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
 
 
+def _float(name, value) -> float:
+    _number(name, value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range: {value}") from None
+
+
 def _id_list(name, value, count=None) -> list[int]:
     values = [value] if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
@@ -122,18 +130,14 @@ def sampling_options(*, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetiti
       as transformers' warpers.
     Ranges are checked by the engine (ValueError); types here (TypeError).
     """
-    for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p),
-                        ("repetition_penalty", repetition_penalty),
-                        ("presence_penalty", presence_penalty),
-                        ("frequency_penalty", frequency_penalty)):
-        _number(name, value)
     _number("top_k", top_k, numbers.Integral)
     if not -(2**31) <= top_k < 2**31:
         raise ValueError(f"top_k is out of range: {top_k}")
-    return {"temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
-            "min_p": float(min_p), "repetition_penalty": float(repetition_penalty),
-            "presence_penalty": float(presence_penalty),
-            "frequency_penalty": float(frequency_penalty)}
+    return {"temperature": _float("temperature", temperature), "top_k": int(top_k),
+            "top_p": _float("top_p", top_p), "min_p": _float("min_p", min_p),
+            "repetition_penalty": _float("repetition_penalty", repetition_penalty),
+            "presence_penalty": _float("presence_penalty", presence_penalty),
+            "frequency_penalty": _float("frequency_penalty", frequency_penalty)}
 
 
 def generation_options(n_prompts: int, *, seed=None, eos_token_id=None, context_overflow="error",
@@ -149,6 +153,9 @@ def generation_options(n_prompts: int, *, seed=None, eos_token_id=None, context_
                 raise ValueError(f"seed must be in [0, 2**64), got {s}")
     options["seeds"] = seeds * n_prompts if len(seeds) == 1 else seeds
     options["eos_token_ids"] = [] if eos_token_id is None else _id_list("eos_token_id", eos_token_id)
+    for eos in options["eos_token_ids"]:
+        if not 0 <= eos < 2**31:
+            raise ValueError(f"eos_token_id {eos} is not a token id")
     if context_overflow not in ("error", "slide"):
         raise ValueError(f"context_overflow must be 'error' or 'slide', got {context_overflow!r}")
     options["slide_context"] = context_overflow == "slide"

@@ -97,6 +97,17 @@ class Tokenizer:
     """GPT-2's tokenizer over a vocabulary (token -> id) and a list of merges in rank order."""
 
     def __init__(self, encoder: dict[str, int], bpe_merges: list[tuple[str, str]]):
+        if not isinstance(encoder, dict):
+            raise TypeError(f"the vocabulary must map token strings to ids, got {type(encoder).__name__}")
+        seen: dict[int, str] = {}
+        for token, token_id in encoder.items():
+            if not isinstance(token, str) or isinstance(token_id, bool) or not isinstance(token_id, int):
+                raise ValueError(f"vocabulary entry {token!r}: {token_id!r} must map a string to an integer id")
+            if token_id < 0:
+                raise ValueError(f"vocabulary entry {token!r} has the negative id {token_id}")
+            if token_id in seen:
+                raise ValueError(f"tokens {seen[token_id]!r} and {token!r} share the id {token_id}")
+            seen[token_id] = token
         self.encoder = dict(encoder)
         # A pair listed twice keeps its last rank, as in the Rust loader.
         self.bpe_ranks = {tuple(pair): rank for rank, pair in enumerate(bpe_merges)}
@@ -121,8 +132,11 @@ class Tokenizer:
     @classmethod
     def from_files(cls, vocab_file, merges_file) -> "Tokenizer":
         """Load vocab.json / merges.txt (or OpenAI's encoder.json / vocab.bpe)."""
-        with open(vocab_file, encoding="utf-8") as f:
-            encoder = json.load(f)
+        try:
+            with open(vocab_file, encoding="utf-8") as f:
+                encoder = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{vocab_file}: not a JSON vocabulary ({e})") from None
         with open(merges_file, encoding="utf-8") as f:
             lines = [line.rstrip("\r") for line in f.read().split("\n")]
         if lines and lines[0].startswith("#version"):
