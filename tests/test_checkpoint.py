@@ -193,7 +193,7 @@ def test_pickle_checkpoint_refused_unless_allowed(random_gpt2, tmp_path):
 def test_numpy_checkpoint_maps_every_name(numpy_gpt2):
     model_dir, tensors = numpy_gpt2(n_layer=3, n_embd=32, n_head=4, vocab_size=97, n_positions=50)
     hparams, params = load_checkpoint(model_dir)
-    expected = expected_tensors(hparams)
+    expected = list(expected_tensors(hparams))
     assert len(list(leaves(params))) == len(expected) == 4 + 12 * 3
     for name, path, shape in expected:
         node = params

@@ -102,6 +102,8 @@ _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 # safetensors
 
 
+_MAX_MISSING_COUNTED = 10_000
+
 # NumPy's limit on dimensions; every array must also count its elements in 62 bits.
 MAX_RANK = 64
 
@@ -174,11 +176,8 @@ def _parse_header(raw: bytes, path: Path, data_size: int) -> tuple[dict[str, _En
             )
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise CheckpointError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
-        if len(shape) > MAX_RANK or not _representable(shape):
-            raise CheckpointError(
-                f"{where}: shape with {len(shape)} dimensions (at most {MAX_RANK}) whose sizes "
-                f"multiply beyond 2**62 cannot be an array"
-            )
+        if len(shape) > MAX_RANK:
+            raise CheckpointError(f"{where}: shape has {len(shape)} dimensions, more than {MAX_RANK}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
@@ -200,6 +199,8 @@ def _parse_header(raw: bytes, path: Path, data_size: int) -> tuple[dict[str, _En
                 f"{where}: dtype {dtype} with shape {shape} needs {nbytes} bytes, but data_offsets "
                 f"[{begin}, {end}] hold {end - begin} bytes"
             )
+        if not _representable(shape):
+            raise CheckpointError(f"{where}: shape {shape} has more than 2**62 elements")
         entries[name] = _Entry(dtype, tuple(shape), begin, end)
 
     previous: Optional[tuple[str, _Entry]] = None
@@ -407,28 +408,26 @@ _IGNORED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # causal-mask buffer
 _PREFIX = "transformer."
 
 
-def expected_tensors(hparams: Mapping) -> list[tuple[str, tuple, tuple[int, ...]]]:
+def expected_tensors(hparams: Mapping) -> Iterator[tuple[str, tuple, tuple[int, ...]]]:
     """Every weight the engine needs: ``(checkpoint name without prefix, params key path, shape)``.
 
-    A key path is a tuple such as ``("blocks", 3, "attn", "c_attn", "w")``.
+    A key path is a tuple such as ``("blocks", 3, "attn", "c_attn", "w")``. A generator: a
+    config's n_layer is not trusted to size anything before the tensors are checked.
     """
     V, C, E = hparams["n_vocab"], hparams["n_ctx"], hparams["n_embd"]
-    out: list[tuple[str, tuple, tuple[int, ...]]] = [
-        ("wte.weight", ("wte",), (V, E)),
-        ("wpe.weight", ("wpe",), (C, E)),
-    ]
+    yield "wte.weight", ("wte",), (V, E)
+    yield "wpe.weight", ("wpe",), (C, E)
     linears = {"attn.c_attn": (E, 3 * E), "attn.c_proj": (E, E), "mlp.c_fc": (E, 4 * E), "mlp.c_proj": (4 * E, E)}
     for i in range(hparams["n_layer"]):
         for ln in ("ln_1", "ln_2"):
-            out.append((f"h.{i}.{ln}.weight", ("blocks", i, ln, "g"), (E,)))
-            out.append((f"h.{i}.{ln}.bias", ("blocks", i, ln, "b"), (E,)))
+            yield f"h.{i}.{ln}.weight", ("blocks", i, ln, "g"), (E,)
+            yield f"h.{i}.{ln}.bias", ("blocks", i, ln, "b"), (E,)
         for name, (d_in, d_out) in linears.items():
             sub = tuple(name.split("."))
-            out.append((f"h.{i}.{name}.weight", ("blocks", i) + sub + ("w",), (d_in, d_out)))
-            out.append((f"h.{i}.{name}.bias", ("blocks", i) + sub + ("b",), (d_out,)))
-    out.append(("ln_f.weight", ("ln_f", "g"), (E,)))
-    out.append(("ln_f.bias", ("ln_f", "b"), (E,)))
-    return out
+            yield f"h.{i}.{name}.weight", ("blocks", i) + sub + ("w",), (d_in, d_out)
+            yield f"h.{i}.{name}.bias", ("blocks", i) + sub + ("b",), (d_out,)
+    yield "ln_f.weight", ("ln_f", "g"), (E,)
+    yield "ln_f.bias", ("ln_f", "b"), (E,)
 
 
 def _key_path(path: tuple) -> str:
@@ -472,17 +471,25 @@ def checkpoint_to_params(
             return short_to_full[short]
         return _PREFIX + short if prefixed and short != "lm_head.weight" else short
 
-    expected = expected_tensors(hparams)
-    missing = [(s, p, shape) for s, p, shape in expected if s not in short_to_full]
+    missing, n_missing = [], 0
+    for s, p, shape in expected_tensors(hparams):
+        if s not in short_to_full:
+            n_missing += 1
+            if len(missing) < 8:
+                missing.append((s, p, shape))
+            elif n_missing > _MAX_MISSING_COUNTED:  # n_layer far beyond the file: stop counting
+                break
     if missing:
         listed = "; ".join(
-            f"{display(s)!r} (params {_key_path(p)}, shape {_shape_str(shape)})" for s, p, shape in missing[:8]
+            f"{display(s)!r} (params {_key_path(p)}, shape {_shape_str(shape)})" for s, p, shape in missing
         )
-        more = f"; and {len(missing) - 8} more" if len(missing) > 8 else ""
+        more = ("" if n_missing <= 8 else f"; and {n_missing - 8} more" if n_missing <= _MAX_MISSING_COUNTED
+                else f"; and more than {_MAX_MISSING_COUNTED - 8} more")
         raise CheckpointError(
             f"{source}: missing tensor{'s' if len(missing) > 1 else ''} {listed}{more} "
             f"(n_layer={hparams['n_layer']} from the config)"
         )
+    expected = list(expected_tensors(hparams))  # every one is in the file: its size is bounded
     known = {s for s, _, _ in expected}
     unexpected = [
         full for short, full in short_to_full.items()
@@ -619,12 +626,6 @@ def load_checkpoint(model_dir: PathLike, *, allow_pickle: bool = False, dtype: A
         raise CheckpointError(f"{model_dir}: not a directory")
     hparams, config = _read_config(model_dir)
     tensors, source = _open_weights(model_dir, allow_pickle)
-    blocks = {int(m.group(1)) for m in map(re.compile(r"(?:transformer\.)?h\.(\d+)\.").match, tensors) if m}
-    if hparams["n_layer"] > len(blocks):  # before sizing anything by a config's claim
-        raise CheckpointError(
-            f"{model_dir / 'config.json'}: n_layer={hparams['n_layer']} but {source} holds "
-            f"{len(blocks)} transformer blocks"
-        )
     if config.get("tie_word_embeddings", True) is False and "lm_head.weight" not in tensors:
         raise CheckpointError(
             f"{model_dir / 'config.json'}: tie_word_embeddings=false but {source} has no lm_head.weight; "
