@@ -431,6 +431,9 @@ inline void attend(const float* q, const float* k, const float* v, int n_keys, i
 //                 chunks in order; acc = fma(scale[v, block], s, acc); logit = F32::sum(acc).
 namespace simd_packed {
 
+// Register tiles: the loops over rows and vectors must unroll fully so arrays stay in registers.
+#define GPT2GEN_UNROLL _Pragma("GCC unroll 32")
+
 using simd::F32;
 using V = F32::V;
 using Mask = F32::Mask;
@@ -486,6 +489,29 @@ static_assert(kKBlock % kQuantBlock == 0, "k-blocks must hold whole quantization
 template <typename E>
 constexpr int kPrefetchRows = sizeof(E) == 2 ? 12 : 24;  // decode: prefetch distance in rows of w
 
+// acc[r][p] = fma(x[r, k], w[k, p·W + lane], acc[r][p]) for one row k of w (wk), converting each
+// weight vector once. One row of x (decode): convert and use each vector at once (P + 2
+// registers); several: convert the P vectors first, then one broadcast of x per row.
+template <int R, int P, typename E>
+inline void row_step(const float* x, int ldx, int k, const E* wk, int last, V (&acc)[R][P]) {
+  if constexpr (R == 1) {
+    const V xv = F32::set1(x[k]);
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p)
+      acc[0][p] = F32::fma(xv, p == P - 1 ? load_w(wk + p * W, last) : load_w(wk + p * W), acc[0][p]);
+  } else {
+    V wv[P];
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p) wv[p] = p == P - 1 ? load_w(wk + p * W, last) : load_w(wk + p * W);
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const V xv = F32::set1(x[size_t(r) * ldx + k]);
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p], acc[r][p]);
+    }
+  }
+}
+
 // bf16: out[r, p·W + lane] (+)= Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane] for R rows and P column
 // vectors, the last one holding `last` columns; partial sums continue from out when k0 > 0.
 template <int R, int P, bool kPrefetch>
@@ -493,33 +519,37 @@ inline void bf16_tile(const float* x, int ldx, const uint16_t* w, int ldw, int k
                       const float* bias, float* out, int ldo, int last) {
   const Mask m = F32::mask(last);
   V acc[R][P];
-  for (int r = 0; r < R; ++r)
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p)
       acc[r][p] = k0 == 0 ? F32::zero()
                           : (p == P - 1 ? F32::load(out + size_t(r) * ldo + p * W, m)
                                         : F32::load(out + size_t(r) * ldo + p * W));
+  }
   for (int k = k0; k < k1; ++k) {
     const uint16_t* wk = w + size_t(k) * ldw;
     if constexpr (kPrefetch) prefetch_row<uint16_t, P>(wk + size_t(kPrefetchRows<uint16_t>) * ldw);
-    V wv[P];
-    for (int p = 0; p < P; ++p) wv[p] = p == P - 1 ? load_w(wk + p * W, last) : load_w(wk + p * W);
-    for (int r = 0; r < R; ++r) {
-      const V xv = F32::set1(x[size_t(r) * ldx + k]);
-      for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p], acc[r][p]);
-    }
+    row_step<R, P>(x, ldx, k, wk, last, acc);
   }
-  if (bias)
+  if (bias) {
+    GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p) {
       const V bv = p == P - 1 ? F32::load(bias + p * W, m) : F32::load(bias + p * W);
+      GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) acc[r][p] = F32::add(acc[r][p], bv);
     }
-  for (int r = 0; r < R; ++r)
+  }
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p) {
       if (p == P - 1)
         F32::store(out + size_t(r) * ldo + p * W, acc[r][p], m);
       else
         F32::store(out + size_t(r) * ldo + p * W, acc[r][p]);
     }
+  }
 }
 
 // int8: the same for q with scales [blocks, ldw] (pointing at the tile's first column); k0 is a
@@ -531,22 +561,22 @@ inline void int8_tile(const float* x, int ldx, const int8_t* q, const float* sca
   for (int kb = k0; kb < k1; kb += kQuantBlock) {
     const int ke = std::min(k1, kb + kQuantBlock);
     V s[R][P];
-    for (int r = 0; r < R; ++r)
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) {
+      GPT2GEN_UNROLL
       for (int p = 0; p < P; ++p) s[r][p] = F32::zero();
+    }
     for (int k = kb; k < ke; ++k) {
       const int8_t* qk = q + size_t(k) * ldw;
       if constexpr (kPrefetch) prefetch_row<int8_t, P>(qk + size_t(kPrefetchRows<int8_t>) * ldw);
-      V wv[P];
-      for (int p = 0; p < P; ++p) wv[p] = p == P - 1 ? load_w(qk + p * W, last) : load_w(qk + p * W);
-      for (int r = 0; r < R; ++r) {
-        const V xv = F32::set1(x[size_t(r) * ldx + k]);
-        for (int p = 0; p < P; ++p) s[r][p] = F32::fma(xv, wv[p], s[r][p]);
-      }
+      row_step<R, P>(x, ldx, k, qk, last, s);
     }
     const float* sc = scales + size_t(kb / kQuantBlock) * ldw;
+    GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p) {
       const bool tail = p == P - 1;
       const V scv = tail ? F32::load(sc + p * W, m) : F32::load(sc + p * W);
+      GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) {
         float* o = out + size_t(r) * ldo + p * W;
         V acc = kb == 0 ? F32::zero() : (tail ? F32::load(o, m) : F32::load(o));
@@ -643,28 +673,40 @@ inline void linear(const float* x, int n, const LinearWeights<float>& lin, float
 template <int R, int NV>
 inline void unembed_tile_bf16(const float* x, const uint16_t* wte, int d, float* out, int ldo) {
   V acc[R][NV];
-  for (int r = 0; r < R; ++r)
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
     for (int v = 0; v < NV; ++v) acc[r][v] = F32::zero();
+  }
   int c = 0;
   for (; c + W <= d; c += W) {
     V xv[R];
+    GPT2GEN_UNROLL
     for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c);
+    GPT2GEN_UNROLL
     for (int v = 0; v < NV; ++v) {
       const V wv = load_w(wte + size_t(v) * d + c);
+      GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) acc[r][v] = F32::fma(xv[r], wv, acc[r][v]);
     }
   }
   if (c < d) {
     const Mask m = F32::mask(d - c);
     V xv[R];
+    GPT2GEN_UNROLL
     for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c, m);
+    GPT2GEN_UNROLL
     for (int v = 0; v < NV; ++v) {
       const V wv = load_w(wte + size_t(v) * d + c, d - c);
+      GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) acc[r][v] = F32::fma(xv[r], wv, acc[r][v]);
     }
   }
-  for (int r = 0; r < R; ++r)
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
     for (int v = 0; v < NV; ++v) out[size_t(r) * ldo + v] = F32::sum(acc[r][v]);
+  }
 }
 
 template <int R, int NV>
@@ -673,59 +715,85 @@ inline void unembed_tile_int8(const float* x, const int8_t* wte, const float* sc
   constexpr int kChunks = kQuantBlock / W;
   const int nb = (d + kQuantBlock - 1) / kQuantBlock;
   V acc[R][NV];
-  for (int r = 0; r < R; ++r)
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
     for (int v = 0; v < NV; ++v) acc[r][v] = F32::zero();
+  }
   for (int b = 0; b < nb; ++b) {
     const int c0 = b * kQuantBlock, ce = std::min(d, c0 + kQuantBlock);
-    V s[R][NV];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < NV; ++v) s[r][v] = F32::zero();
     if (ce - c0 == kQuantBlock) {
-      for (int i = 0; i < kChunks; ++i) {
-        const int c = c0 + i * W;
-        V xv[R];
-        for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c);
-        for (int v = 0; v < NV; ++v) {
-          const V wv = load_w(wte + size_t(v) * d + c);
-          for (int r = 0; r < R; ++r) s[r][v] = F32::fma(xv[r], wv, s[r][v]);
+      // Whole block: x's chunks once, then per vocabulary row its block sum (s lives briefly).
+      V xv[R][kChunks];
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) {
+        GPT2GEN_UNROLL
+        for (int i = 0; i < kChunks; ++i) xv[r][i] = F32::load(x + size_t(r) * d + c0 + i * W);
+      }
+      GPT2GEN_UNROLL
+      for (int v = 0; v < NV; ++v) {
+        V wv[kChunks];
+        GPT2GEN_UNROLL
+        for (int i = 0; i < kChunks; ++i) wv[i] = load_w(wte + size_t(v) * d + c0 + i * W);
+        const V scv = F32::set1(scales[size_t(v) * nb + b]);
+        GPT2GEN_UNROLL
+        for (int r = 0; r < R; ++r) {
+          V sum = F32::zero();
+          GPT2GEN_UNROLL
+          for (int i = 0; i < kChunks; ++i) sum = F32::fma(xv[r][i], wv[i], sum);
+          acc[r][v] = F32::fma(scv, sum, acc[r][v]);
         }
       }
-    } else {
-      for (int c = c0; c < ce; c += W) {
-        const int len = std::min(W, ce - c);
-        const Mask m = F32::mask(len);
-        V xv[R];
-        for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c, m);
-        for (int v = 0; v < NV; ++v) {
-          const V wv = load_w(wte + size_t(v) * d + c, len);
-          for (int r = 0; r < R; ++r) s[r][v] = F32::fma(xv[r], wv, s[r][v]);
-        }
-      }
+      continue;
     }
+    // Partial block (d not a multiple of kQuantBlock): the same sums, chunk by chunk, the last
+    // one masked.
+    GPT2GEN_UNROLL
     for (int v = 0; v < NV; ++v) {
       const V scv = F32::set1(scales[size_t(v) * nb + b]);
-      for (int r = 0; r < R; ++r) acc[r][v] = F32::fma(scv, s[r][v], acc[r][v]);
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) {
+        V sum = F32::zero();
+        for (int c = c0; c < ce; c += W) {
+          const int len = std::min(W, ce - c);
+          sum = F32::fma(F32::load(x + size_t(r) * d + c, F32::mask(len)),
+                         load_w(wte + size_t(v) * d + c, len), sum);
+        }
+        acc[r][v] = F32::fma(scv, sum, acc[r][v]);
+      }
     }
   }
-  for (int r = 0; r < R; ++r)
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
     for (int v = 0; v < NV; ++v) out[size_t(r) * ldo + v] = F32::sum(acc[r][v]);
+  }
 }
 
-template <int R, int NV>
+template <WeightFormat F, int R, int NV>
 inline void unembed_group(const float* x, const Packed& wte, int d, int v, float* out, int ldo) {
   const size_t off = size_t(v) * d;
-  if (wte.format == WeightFormat::bf16)
+  if constexpr (F == WeightFormat::bf16)
     unembed_tile_bf16<R, NV>(x, static_cast<const uint16_t*>(wte.data) + off, d, out, ldo);
   else
     unembed_tile_int8<R, NV>(x, static_cast<const int8_t*>(wte.data) + off,
                              wte.scales + size_t(v) * ((d + kQuantBlock - 1) / kQuantBlock), d, out, ldo);
 }
 
-constexpr int kUnembedDecodeVocab = 8;         // n = 1: 8 vocabulary rows at a time
-constexpr int kUnembedRows = W == 16 ? 4 : 3;  // n > 1: 4 (3) rows × 6 (4) vocabulary rows
-constexpr int kUnembedVocab = W == 16 ? 6 : 4;
+// Tile sizes by format (bf16 as f32::unembed; int8 keeps x's whole block in registers).
+template <WeightFormat F> struct UnembedTiles;
+template <> struct UnembedTiles<WeightFormat::bf16> {
+  static constexpr int kDecodeVocab = 8;          // n = 1: 8 vocabulary rows at a time
+  static constexpr int kRows = W == 16 ? 4 : 3;   // n > 1: 4 (3) rows × 6 (4) vocabulary rows
+  static constexpr int kVocab = W == 16 ? 6 : 4;
+};
+template <> struct UnembedTiles<WeightFormat::int8> {
+  static constexpr int kDecodeVocab = W == 16 ? 8 : 4;
+  static constexpr int kRows = W == 16 ? 3 : 2;   // n > 1: 3 (2) rows × 6 (2) vocabulary rows
+  static constexpr int kVocab = W == 16 ? 6 : 2;
+};
 
-template <int R, int NV>
+template <WeightFormat F, int R, int NV>
 inline void unembed_rows(const float* x, int n, const Packed& wte, int d, int n_vocab, float* out,
                          int v0, int v1) {
   // Vocabulary groups outside, rows inside: each group of wte rows is read from memory once.
@@ -733,13 +801,13 @@ inline void unembed_rows(const float* x, int n, const Packed& wte, int d, int n_
   for (; v + NV <= v1; v += NV) {
     int r = 0;
     for (; r + R <= n; r += R)
-      unembed_group<R, NV>(x + size_t(r) * d, wte, d, v, out + size_t(r) * n_vocab + v, n_vocab);
+      unembed_group<F, R, NV>(x + size_t(r) * d, wte, d, v, out + size_t(r) * n_vocab + v, n_vocab);
     for (; r < n; ++r)
-      unembed_group<1, NV>(x + size_t(r) * d, wte, d, v, out + size_t(r) * n_vocab + v, n_vocab);
+      unembed_group<F, 1, NV>(x + size_t(r) * d, wte, d, v, out + size_t(r) * n_vocab + v, n_vocab);
   }
   for (; v < v1; ++v)
     for (int r = 0; r < n; ++r)
-      unembed_group<1, 1>(x + size_t(r) * d, wte, d, v, out + size_t(r) * n_vocab + v, n_vocab);
+      unembed_group<F, 1, 1>(x + size_t(r) * d, wte, d, v, out + size_t(r) * n_vocab + v, n_vocab);
 }
 
 inline void unembed(const float* x, int n, const Packed& wte, int n_vocab, int d, float* out) {
@@ -747,10 +815,18 @@ inline void unembed(const float* x, int n, const Packed& wte, int n_vocab, int d
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int v0 = int(int64_t(n_vocab) * t / nt), v1 = int(int64_t(n_vocab) * (t + 1) / nt);
-    if (n == 1)
-      unembed_rows<1, kUnembedDecodeVocab>(x, n, wte, d, n_vocab, out, v0, v1);
+    auto run = [&](auto format_c) {
+      constexpr WeightFormat F = decltype(format_c)::value;
+      using Tiles = UnembedTiles<F>;
+      if (n == 1)
+        unembed_rows<F, 1, Tiles::kDecodeVocab>(x, n, wte, d, n_vocab, out, v0, v1);
+      else
+        unembed_rows<F, Tiles::kRows, Tiles::kVocab>(x, n, wte, d, n_vocab, out, v0, v1);
+    };
+    if (wte.format == WeightFormat::bf16)
+      run(std::integral_constant<WeightFormat, WeightFormat::bf16>());
     else
-      unembed_rows<kUnembedRows, kUnembedVocab>(x, n, wte, d, n_vocab, out, v0, v1);
+      run(std::integral_constant<WeightFormat, WeightFormat::int8>());
   }
 }
 
