@@ -473,12 +473,15 @@ inline V load_w(const E* p, int n) {
 #endif
 }
 
+#ifndef GPT2GEN_PF_HINT  // -DGPT2GEN_PF_HINT=_MM_HINT_NTA to try non-temporal prefetch of weights
+#define GPT2GEN_PF_HINT _MM_HINT_T0
+#endif
 constexpr int kLine = 64;
 // Prefetch the panel row `rows` rows ahead: every cache line of P vectors of E.
 template <typename E, int P>
 inline void prefetch_row(const E* row) {
   for (int off = 0; off < int(P * W * sizeof(E)); off += kLine)
-    _mm_prefetch(reinterpret_cast<const char*>(row) + off, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(row) + off, GPT2GEN_PF_HINT);
 }
 
 constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vectors of columns
