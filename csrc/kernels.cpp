@@ -503,6 +503,430 @@ inline void attend(const float* q, const float* k, const float* v, int n_keys, i
 }  // namespace f32
 #endif  // GPT2GEN_SIMD_F32
 
+#if GPT2GEN_SIMD_F32
+// --- packed weights with explicit SIMD (AVX-512 or AVX2) ----------------------------------------
+// bf16 → float32 is a 16-bit shift of the zero-extended bits; int8 → float32 is a sign extension
+// and a conversion. The weights are converted in registers as they stream in; activations and
+// every accumulation stay float32 (no vdpbf16ps / VNNI: they would round the activations).
+//
+// Canonical order of every output element (one ISA; the same for every row count, tiling and
+// thread count):
+//   linear bf16:  acc = 0; acc = fma(x[k], w[k, j], acc) for k in order; out = acc + b[j].
+//   linear int8:  acc = 0; for each block of 32 rows of w in order:
+//                   s = 0; s = fma(x[k], q[k, j], s) for k in the block in order;
+//                   acc = fma(scale[block, j], s, acc);
+//                 out = acc + b[j].
+//   unembed bf16: as f32::unembed (vector lanes over d, fma over the chunks in order, F32::sum).
+//   unembed int8: lanes over d; per block of 32 columns in order: s = 0; s = fma over the block's
+//                 chunks in order; acc = fma(scale[v, block], s, acc); logit = F32::sum(acc).
+namespace simd_packed {
+
+// Register tiles: the loops over rows and vectors must unroll fully so arrays stay in registers.
+#define GPT2GEN_UNROLL _Pragma("GCC unroll 32")
+
+using simd::F32;
+using V = F32::V;
+using Mask = F32::Mask;
+constexpr int W = F32::W;
+
+// W weights starting at p, as float32; the partial form reads only the first n (< W) and zeroes
+// the other lanes (never reading past them: the matrix may end there).
+inline V load_w(const uint16_t* p) {
+#if defined(__AVX512F__)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+#else
+  return _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+#endif
+}
+inline V load_w(const int8_t* p) {
+#if defined(__AVX512F__)
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#endif
+}
+template <typename E>
+inline V load_w(const E* p, int n) {
+  if (n >= W) return load_w(p);
+#if defined(__AVX512F__)
+  const __mmask16 m = __mmask16((1u << n) - 1);
+  if constexpr (std::is_same_v<E, uint16_t>)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  else
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+#else
+  alignas(32) E buf[W] = {};
+  std::memcpy(buf, p, sizeof(E) * n);
+  return load_w(buf);
+#endif
+}
+
+#ifndef GPT2GEN_PF_HINT  // -DGPT2GEN_PF_HINT=_MM_HINT_NTA to try non-temporal prefetch of weights
+#define GPT2GEN_PF_HINT _MM_HINT_T0
+#endif
+constexpr int kLine = 64;
+// Prefetch the panel row `rows` rows ahead: every cache line of P vectors of E.
+template <typename E, int P>
+inline void prefetch_row(const E* row) {
+  for (int off = 0; off < int(P * W * sizeof(E)); off += kLine)
+    _mm_prefetch(reinterpret_cast<const char*>(row) + off, GPT2GEN_PF_HINT);
+}
+
+constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vectors of columns
+constexpr int kTileRows = W == 16 ? 6 : 4;      // n > 1: 6 (4) rows × 4 (3) vectors
+constexpr int kTileVecs = W == 16 ? 4 : 3;
+constexpr int kKBlock = 256;                    // rows of w per pass (a multiple of kQuantBlock)
+static_assert(kKBlock % kQuantBlock == 0, "k-blocks must hold whole quantization blocks");
+template <typename E>
+constexpr int kPrefetchRows = sizeof(E) == 2 ? 12 : 24;  // decode: prefetch distance in rows of w
+
+// acc[r][p] = fma(x[r, k], w[k, p·W + lane], acc[r][p]) for one row k of w (wk), converting each
+// weight vector once. One row of x (decode): convert and use each vector at once (P + 2
+// registers); several: convert the P vectors first, then one broadcast of x per row.
+template <int R, int P, typename E>
+inline void row_step(const float* x, int ldx, int k, const E* wk, int last, V (&acc)[R][P]) {
+  if constexpr (R == 1) {
+    const V xv = F32::set1(x[k]);
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p)
+      acc[0][p] = F32::fma(xv, p == P - 1 ? load_w(wk + p * W, last) : load_w(wk + p * W), acc[0][p]);
+  } else {
+    V wv[P];
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p) wv[p] = p == P - 1 ? load_w(wk + p * W, last) : load_w(wk + p * W);
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const V xv = F32::set1(x[size_t(r) * ldx + k]);
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p], acc[r][p]);
+    }
+  }
+}
+
+// bf16: out[r, p·W + lane] (+)= Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane] for R rows and P column
+// vectors, the last one holding `last` columns; partial sums continue from out when k0 > 0.
+template <int R, int P, bool kPrefetch>
+inline void bf16_tile(const float* x, int ldx, const uint16_t* w, int ldw, int k0, int k1,
+                      const float* bias, float* out, int ldo, int last) {
+  const Mask m = F32::mask(last);
+  V acc[R][P];
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p)
+      acc[r][p] = k0 == 0 ? F32::zero()
+                          : (p == P - 1 ? F32::load(out + size_t(r) * ldo + p * W, m)
+                                        : F32::load(out + size_t(r) * ldo + p * W));
+  }
+  for (int k = k0; k < k1; ++k) {
+    const uint16_t* wk = w + size_t(k) * ldw;
+    if constexpr (kPrefetch) prefetch_row<uint16_t, P>(wk + size_t(kPrefetchRows<uint16_t>) * ldw);
+    row_step<R, P>(x, ldx, k, wk, last, acc);
+  }
+  if (bias) {
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p) {
+      const V bv = p == P - 1 ? F32::load(bias + p * W, m) : F32::load(bias + p * W);
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][p] = F32::add(acc[r][p], bv);
+    }
+  }
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p) {
+      if (p == P - 1)
+        F32::store(out + size_t(r) * ldo + p * W, acc[r][p], m);
+      else
+        F32::store(out + size_t(r) * ldo + p * W, acc[r][p]);
+    }
+  }
+}
+
+// int8: the same for q with scales [blocks, ldw] (pointing at the tile's first column); k0 is a
+// multiple of kQuantBlock. The block sums live in registers, the running sums in out (exactly).
+template <int R, int P, bool kPrefetch>
+inline void int8_tile(const float* x, int ldx, const int8_t* q, const float* scales, int ldw,
+                      int k0, int k1, const float* bias, float* out, int ldo, int last) {
+  const Mask m = F32::mask(last);
+  for (int kb = k0; kb < k1; kb += kQuantBlock) {
+    const int ke = std::min(k1, kb + kQuantBlock);
+    V s[R][P];
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) {
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) s[r][p] = F32::zero();
+    }
+    for (int k = kb; k < ke; ++k) {
+      const int8_t* qk = q + size_t(k) * ldw;
+      if constexpr (kPrefetch) prefetch_row<int8_t, P>(qk + size_t(kPrefetchRows<int8_t>) * ldw);
+      row_step<R, P>(x, ldx, k, qk, last, s);
+    }
+    const float* sc = scales + size_t(kb / kQuantBlock) * ldw;
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p) {
+      const bool tail = p == P - 1;
+      const V scv = tail ? F32::load(sc + p * W, m) : F32::load(sc + p * W);
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) {
+        float* o = out + size_t(r) * ldo + p * W;
+        V acc = kb == 0 ? F32::zero() : (tail ? F32::load(o, m) : F32::load(o));
+        acc = F32::fma(scv, s[r][p], acc);
+        if (kb + kQuantBlock >= k1 && bias)
+          acc = F32::add(acc, tail ? F32::load(bias + p * W, m) : F32::load(bias + p * W));
+        if (tail)
+          F32::store(o, acc, m);
+        else
+          F32::store(o, acc);
+      }
+    }
+  }
+}
+
+// One tile of either format: rows × vecs column vectors starting at column vector v.
+template <int R, int P, bool kPrefetch>
+inline void tile(const float* x, int ldx, const LinearWeights<float>& lin, int v, int k0, int k1,
+                 bool with_bias, float* out, int ldo, int last) {
+  const int j0 = v * W;
+  const float* bias = with_bias ? lin.b + j0 : nullptr;
+  if (lin.packed.format == WeightFormat::bf16)
+    bf16_tile<R, P, kPrefetch>(x, ldx, static_cast<const uint16_t*>(lin.packed.data) + j0, lin.d_out,
+                               k0, k1, bias, out + j0, ldo, last);
+  else
+    int8_tile<R, P, kPrefetch>(x, ldx, static_cast<const int8_t*>(lin.packed.data) + j0,
+                               lin.packed.scales + j0, lin.d_out, k0, k1, bias, out + j0, ldo, last);
+}
+
+using TileFn = void (*)(const float*, int, const LinearWeights<float>&, int, int, int, bool, float*,
+                        int, int);
+template <int R, int... Ps>
+constexpr std::array<TileFn, sizeof...(Ps)> tiles_for_rows(std::integer_sequence<int, Ps...>) {
+  return {&tile<R, Ps + 1, false>...};
+}
+template <int... Rs>
+constexpr std::array<std::array<TileFn, kTileVecs>, sizeof...(Rs)> tile_table(
+    std::integer_sequence<int, Rs...>) {
+  return {tiles_for_rows<Rs + 1>(std::make_integer_sequence<int, kTileVecs>())...};
+}
+constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kTileRows>());  // [rows−1][vecs−1]
+
+// n = 1: column vectors [v0, v1) of the thread in panels as wide as the registers allow, each
+// streaming its rows of w once with software prefetch.
+inline void linear_decode(const float* x, const LinearWeights<float>& lin, float* out, int v0, int v1) {
+  const int nvec = (lin.d_out + W - 1) / W;
+  const int tail = lin.d_out - (nvec - 1) * W;
+  auto run = [&](auto vecs_c, int v) {
+    constexpr int P = decltype(vecs_c)::value;
+    tile<1, P, true>(x, lin.d_in, lin, v, 0, lin.d_in, true, out, lin.d_out, v + P == nvec ? tail : W);
+  };
+  int v = v0;
+  for (; v1 - v >= kDecodeVecs; v += kDecodeVecs) run(std::integral_constant<int, kDecodeVecs>(), v);
+  if (v1 - v >= 16 && kDecodeVecs > 16) { run(std::integral_constant<int, 16>(), v); v += 16; }
+  if (v1 - v >= 8) { run(std::integral_constant<int, 8>(), v); v += 8; }
+  if (v1 - v >= 4) { run(std::integral_constant<int, 4>(), v); v += 4; }
+  if (v1 - v >= 2) { run(std::integral_constant<int, 2>(), v); v += 2; }
+  if (v1 - v >= 1) { run(std::integral_constant<int, 1>(), v); v += 1; }
+}
+
+// n > 1: one panel of kTileVecs column vectors, blocked over k, every kTileRows rows of x reusing
+// the (converted) block of w from cache.
+inline void linear_panel(const float* x, int n, const LinearWeights<float>& lin, float* out, int panel) {
+  const int nvec = (lin.d_out + W - 1) / W;
+  const int v = panel * kTileVecs;
+  const int vecs = std::min(kTileVecs, nvec - v);
+  const int last = v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W;
+  for (int k0 = 0; k0 < lin.d_in; k0 += kKBlock) {
+    const int k1 = std::min(lin.d_in, k0 + kKBlock);
+    for (int r = 0; r < n; r += kTileRows) {
+      const int rows = std::min(kTileRows, n - r);
+      kTiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, lin, v, k0, k1, k1 == lin.d_in,
+                                 out + size_t(r) * lin.d_out, lin.d_out, last);
+    }
+  }
+}
+
+inline void linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
+  const int nvec = (lin.d_out + W - 1) / W;
+  if (n == 1) {
+#pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      linear_decode(x, lin, out, int(int64_t(nvec) * t / nt), int(int64_t(nvec) * (t + 1) / nt));
+    }
+    return;
+  }
+  const int n_panels = (nvec + kTileVecs - 1) / kTileVecs;
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
+  for (int p = 0; p < n_panels; ++p) linear_panel(x, n, lin, out, p);
+}
+
+// unembed: R rows of x against NV consecutive rows of the packed wte.
+template <int R, int NV>
+inline void unembed_tile_bf16(const float* x, const uint16_t* wte, int d, float* out, int ldo) {
+  V acc[R][NV];
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
+    for (int v = 0; v < NV; ++v) acc[r][v] = F32::zero();
+  }
+  int c = 0;
+  for (; c + W <= d; c += W) {
+    V xv[R];
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c);
+    GPT2GEN_UNROLL
+    for (int v = 0; v < NV; ++v) {
+      const V wv = load_w(wte + size_t(v) * d + c);
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][v] = F32::fma(xv[r], wv, acc[r][v]);
+    }
+  }
+  if (c < d) {
+    const Mask m = F32::mask(d - c);
+    V xv[R];
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c, m);
+    GPT2GEN_UNROLL
+    for (int v = 0; v < NV; ++v) {
+      const V wv = load_w(wte + size_t(v) * d + c, d - c);
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][v] = F32::fma(xv[r], wv, acc[r][v]);
+    }
+  }
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
+    for (int v = 0; v < NV; ++v) out[size_t(r) * ldo + v] = F32::sum(acc[r][v]);
+  }
+}
+
+template <int R, int NV>
+inline void unembed_tile_int8(const float* x, const int8_t* wte, const float* scales, int d,
+                              float* out, int ldo) {
+  constexpr int kChunks = kQuantBlock / W;
+  const int nb = (d + kQuantBlock - 1) / kQuantBlock;
+  V acc[R][NV];
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
+    for (int v = 0; v < NV; ++v) acc[r][v] = F32::zero();
+  }
+  for (int b = 0; b < nb; ++b) {
+    const int c0 = b * kQuantBlock, ce = std::min(d, c0 + kQuantBlock);
+    if (ce - c0 == kQuantBlock) {
+      // Whole block: x's chunks once, then per vocabulary row its block sum (s lives briefly).
+      V xv[R][kChunks];
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) {
+        GPT2GEN_UNROLL
+        for (int i = 0; i < kChunks; ++i) xv[r][i] = F32::load(x + size_t(r) * d + c0 + i * W);
+      }
+      GPT2GEN_UNROLL
+      for (int v = 0; v < NV; ++v) {
+        V wv[kChunks];
+        GPT2GEN_UNROLL
+        for (int i = 0; i < kChunks; ++i) wv[i] = load_w(wte + size_t(v) * d + c0 + i * W);
+        const V scv = F32::set1(scales[size_t(v) * nb + b]);
+        GPT2GEN_UNROLL
+        for (int r = 0; r < R; ++r) {
+          V sum = F32::zero();
+          GPT2GEN_UNROLL
+          for (int i = 0; i < kChunks; ++i) sum = F32::fma(xv[r][i], wv[i], sum);
+          acc[r][v] = F32::fma(scv, sum, acc[r][v]);
+        }
+      }
+      continue;
+    }
+    // Partial block (d not a multiple of kQuantBlock): the same sums, chunk by chunk, the last
+    // one masked.
+    GPT2GEN_UNROLL
+    for (int v = 0; v < NV; ++v) {
+      const V scv = F32::set1(scales[size_t(v) * nb + b]);
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) {
+        V sum = F32::zero();
+        for (int c = c0; c < ce; c += W) {
+          const int len = std::min(W, ce - c);
+          sum = F32::fma(F32::load(x + size_t(r) * d + c, F32::mask(len)),
+                         load_w(wte + size_t(v) * d + c, len), sum);
+        }
+        acc[r][v] = F32::fma(scv, sum, acc[r][v]);
+      }
+    }
+  }
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
+    for (int v = 0; v < NV; ++v) out[size_t(r) * ldo + v] = F32::sum(acc[r][v]);
+  }
+}
+
+template <WeightFormat F, int R, int NV>
+inline void unembed_group(const float* x, const Packed& wte, int d, int v, float* out, int ldo) {
+  const size_t off = size_t(v) * d;
+  if constexpr (F == WeightFormat::bf16)
+    unembed_tile_bf16<R, NV>(x, static_cast<const uint16_t*>(wte.data) + off, d, out, ldo);
+  else
+    unembed_tile_int8<R, NV>(x, static_cast<const int8_t*>(wte.data) + off,
+                             wte.scales + size_t(v) * ((d + kQuantBlock - 1) / kQuantBlock), d, out, ldo);
+}
+
+// Tile sizes by format (bf16 as f32::unembed; int8 keeps x's whole block in registers).
+template <WeightFormat F> struct UnembedTiles;
+template <> struct UnembedTiles<WeightFormat::bf16> {
+  static constexpr int kDecodeVocab = 8;          // n = 1: 8 vocabulary rows at a time
+  static constexpr int kRows = W == 16 ? 4 : 3;   // n > 1: 4 (3) rows × 6 (4) vocabulary rows
+  static constexpr int kVocab = W == 16 ? 6 : 4;
+};
+template <> struct UnembedTiles<WeightFormat::int8> {
+  static constexpr int kDecodeVocab = W == 16 ? 8 : 4;
+  static constexpr int kRows = W == 16 ? 3 : 2;   // n > 1: 3 (2) rows × 6 (2) vocabulary rows
+  static constexpr int kVocab = W == 16 ? 6 : 2;
+};
+
+template <WeightFormat F, int R, int NV>
+inline void unembed_rows(const float* x, int n, const Packed& wte, int d, int n_vocab, float* out,
+                         int v0, int v1) {
+  // Vocabulary groups outside, rows inside: each group of wte rows is read from memory once.
+  int v = v0;
+  for (; v + NV <= v1; v += NV) {
+    int r = 0;
+    for (; r + R <= n; r += R)
+      unembed_group<F, R, NV>(x + size_t(r) * d, wte, d, v, out + size_t(r) * n_vocab + v, n_vocab);
+    for (; r < n; ++r)
+      unembed_group<F, 1, NV>(x + size_t(r) * d, wte, d, v, out + size_t(r) * n_vocab + v, n_vocab);
+  }
+  for (; v < v1; ++v)
+    for (int r = 0; r < n; ++r)
+      unembed_group<F, 1, 1>(x + size_t(r) * d, wte, d, v, out + size_t(r) * n_vocab + v, n_vocab);
+}
+
+inline void unembed(const float* x, int n, const Packed& wte, int n_vocab, int d, float* out) {
+#pragma omp parallel num_threads(num_threads()) if (n_vocab >= 64)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int v0 = int(int64_t(n_vocab) * t / nt), v1 = int(int64_t(n_vocab) * (t + 1) / nt);
+    auto run = [&](auto format_c) {
+      constexpr WeightFormat F = decltype(format_c)::value;
+      using Tiles = UnembedTiles<F>;
+      if (n == 1)
+        unembed_rows<F, 1, Tiles::kDecodeVocab>(x, n, wte, d, n_vocab, out, v0, v1);
+      else
+        unembed_rows<F, Tiles::kRows, Tiles::kVocab>(x, n, wte, d, n_vocab, out, v0, v1);
+    };
+    if (wte.format == WeightFormat::bf16)
+      run(std::integral_constant<WeightFormat, WeightFormat::bf16>());
+    else
+      run(std::integral_constant<WeightFormat, WeightFormat::int8>());
+  }
+}
+
+}  // namespace simd_packed
+#endif  // GPT2GEN_SIMD_F32
+
+
 // Packed (bf16, int8) float32 weights, read in the same accumulation order for every row count
 // and thread count. int8: each output accumulates Σ_blocks scale·(Σ_{k in block} x[k]·q[k]).
 namespace packed {
@@ -547,6 +971,9 @@ inline void linear_panel(const float* x, int n, const LinearWeights<float>& lin,
 }
 
 inline void linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
+#if GPT2GEN_SIMD_F32
+  return simd_packed::linear(x, n, lin, out);
+#endif
   const int n_panels = (lin.d_out + kCols - 1) / kCols;
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
   for (int p = 0; p < n_panels; ++p)
@@ -584,6 +1011,9 @@ inline float dot_row(const float* x, Packed m, int v, int d) {
 }
 
 inline void unembed(const float* x, int n, Packed wte, int n_vocab, int d, float* out) {
+#if GPT2GEN_SIMD_F32
+  return simd_packed::unembed(x, n, wte, n_vocab, d, out);
+#endif
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int v = 0; v < n_vocab; ++v)
     for (int r = 0; r < n; ++r) out[size_t(r) * n_vocab + v] = dot_row(x + size_t(r) * d, wte, v, d);

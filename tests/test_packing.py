@@ -42,9 +42,17 @@ def test_int8_blocks_bound_the_error(rows, cols, axis, seed):
     assert np.abs(q).max(initial=0) <= 127
 
 
+@pytest.fixture(params=gpt2gen.supported_backends())
+def each_backend(request):
+    previous = gpt2gen.backend()
+    gpt2gen.set_backend(request.param)
+    yield request.param
+    gpt2gen.set_backend(previous)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("config", [(1, 32, 4, 101), (2, 48, 3, 257), (3, 64, 8, 1000), (2, 40, 5, 77)])
-def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config):
+def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config, each_backend):
     n_layer, n_embd, n_head, n_vocab = config
     rng = np.random.default_rng(sum(config))
     params = random_params(rng, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_vocab=n_vocab, n_ctx=64)
@@ -57,10 +65,14 @@ def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config):
     assert greedy == reference.generate(list(ids[:5]), unpack_params(packed), n_head, 40)
 
 
+# (n_embd, n_head, n_vocab): GPT-2-like widths, and widths whose matrices end in partial vectors
+# and partial quantization blocks (40 → blocks of 32 + 8; 3·40 = 120 columns = 7·16 + 8).
+@pytest.mark.parametrize("shape", [(64, 4, 500), (40, 5, 77), (72, 6, 131)])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_packed_batches_threads_and_cache_are_bit_identical(fmt):
-    params = pack_params(random_params(np.random.default_rng(5), n_layer=2, n_embd=64, n_head=4,
-                                       n_vocab=500, n_ctx=64), fmt)
+def test_packed_batches_threads_and_cache_are_bit_identical(fmt, shape, each_backend):
+    n_embd, n_head, n_vocab = shape
+    params = pack_params(random_params(np.random.default_rng(5), n_layer=2, n_embd=n_embd,
+                                       n_head=n_head, n_vocab=n_vocab, n_ctx=64), fmt)
     model = _core.Model(params, 4)
     prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
     together = model.start(prompts, 10, generation_options(3))
@@ -76,8 +88,9 @@ def test_packed_batches_threads_and_cache_are_bit_identical(fmt):
     try:
         gpt2gen.set_num_threads(1)
         one = model.forward(sequence)
-        gpt2gen.set_num_threads(2)
-        np.testing.assert_array_equal(model.forward(sequence), one)
+        for threads in (2, 3):
+            gpt2gen.set_num_threads(threads)
+            np.testing.assert_array_equal(model.forward(sequence), one)
     finally:
         gpt2gen.set_num_threads(before)
 

@@ -1,5 +1,6 @@
-// Micro-benchmarks of the float32 kernels at GPT-2 124M shapes, called through the backend table
-// the engine uses (GPT2GEN_ISA / the CPU pick the instruction set, OMP_NUM_THREADS or the default
+// Micro-benchmarks of the kernels at GPT-2 124M shapes (float32 weights, and packed bf16 / int8
+// ones: fmt 0 / 1, GB/s counting the packed bytes and int8 scales), called through the backend
+// table the engine uses (GPT2GEN_ISA / the CPU pick the instruction set, OMP_NUM_THREADS or the default
 // the thread count). Each kernel's output is first checked against a plain scalar loop (double
 // accumulation); a mismatch aborts with a message before anything is timed.
 //
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -265,6 +267,178 @@ void BM_unembed(benchmark::State& state) {
   set_counters(state, double(kVocab) * d * 4, 2.0 * n * kVocab * d);
 }
 
+// --- packed (bf16, int8) linear and unembed ---------------------------------------------------
+
+// float32 → bf16 bits, rounding to nearest even (finite inputs), as python/gpt2gen/packing.py.
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+float from_bf16(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// A packed [rows, cols] matrix; int8 blocks of kQuantBlock along rows (reduce_rows, a linear's
+// W[in, out]) or along cols (wte[n_vocab, d]).
+struct PackedMatrix {
+  WeightFormat format;
+  int rows, cols;
+  bool reduce_rows;
+  std::vector<uint16_t> bf16;
+  std::vector<int8_t> q;
+  std::vector<float> scales;
+
+  PackedMatrix(const std::vector<float>& w, int rows, int cols, WeightFormat format, bool reduce_rows)
+      : format(format), rows(rows), cols(cols), reduce_rows(reduce_rows) {
+    if (format == WeightFormat::bf16) {
+      bf16.resize(w.size());
+      for (size_t i = 0; i < w.size(); ++i) bf16[i] = to_bf16(w[i]);
+      return;
+    }
+    q.resize(w.size());
+    const int nb = ((reduce_rows ? rows : cols) + kQuantBlock - 1) / kQuantBlock;
+    scales.assign(reduce_rows ? size_t(nb) * cols : size_t(rows) * nb, 0.0f);
+    auto scale_at = [&](int i, int j) -> float& {
+      return reduce_rows ? scales[size_t(i / kQuantBlock) * cols + j] : scales[size_t(i) * nb + j / kQuantBlock];
+    };
+    for (int i = 0; i < rows; ++i)
+      for (int j = 0; j < cols; ++j) {
+        float& s = scale_at(i, j);
+        s = std::max(s, std::abs(w[size_t(i) * cols + j]) / 127.0f);
+      }
+    for (int i = 0; i < rows; ++i)
+      for (int j = 0; j < cols; ++j) {
+        const float s = scale_at(i, j);
+        const float v = s > 0 ? std::nearbyint(w[size_t(i) * cols + j] / s) : 0.0f;
+        q[size_t(i) * cols + j] = int8_t(std::max(-127.0f, std::min(127.0f, v)));
+      }
+  }
+  Packed packed() const {
+    if (format == WeightFormat::bf16) return {format, bf16.data(), nullptr};
+    return {format, q.data(), scales.data()};
+  }
+  double value(int i, int j) const {
+    const size_t k = size_t(i) * cols + j;
+    if (format == WeightFormat::bf16) return from_bf16(bf16[k]);
+    const int nb = (cols + kQuantBlock - 1) / kQuantBlock;
+    const float s = reduce_rows ? scales[size_t(i / kQuantBlock) * cols + j] : scales[size_t(i) * nb + j / kQuantBlock];
+    return double(q[k]) * s;
+  }
+  double bytes() const {
+    return format == WeightFormat::bf16 ? 2.0 * bf16.size() : double(q.size()) + 4.0 * scales.size();
+  }
+};
+
+const char* format_name(WeightFormat f) { return f == WeightFormat::bf16 ? "bf16" : "int8"; }
+
+struct PackedLinearSet {
+  int d_in, d_out;
+  WeightFormat format;
+  std::vector<std::unique_ptr<PackedMatrix>> w;
+  std::vector<std::vector<float>> b;
+  PackedLinearSet(int d_in, int d_out, WeightFormat format) : d_in(d_in), d_out(d_out), format(format) {
+    const size_t bytes = size_t(d_in) * d_out * (format == WeightFormat::bf16 ? 2 : 1);
+    const int copies = int(std::max<size_t>(1, (kRotateBytes + bytes - 1) / bytes));
+    for (int c = 0; c < copies; ++c) {
+      w.push_back(std::make_unique<PackedMatrix>(random_vec(size_t(d_in) * d_out, 100 + c, 0.05f), d_in,
+                                                 d_out, format, true));
+      b.push_back(random_vec(d_out, 200 + c, 0.05f));
+    }
+  }
+  LinearWeights<float> lin(size_t c) const {
+    LinearWeights<float> l{nullptr, b[c].data(), d_in, d_out};
+    l.packed = w[c]->packed();
+    return l;
+  }
+};
+
+PackedLinearSet& packed_linear_set(int d_in, int d_out, WeightFormat format) {
+  static std::vector<std::unique_ptr<PackedLinearSet>> sets;
+  for (auto& s : sets)
+    if (s->d_in == d_in && s->d_out == d_out && s->format == format) return *s;
+  sets.push_back(std::make_unique<PackedLinearSet>(d_in, d_out, format));
+  return *sets.back();
+}
+
+// range(0): 0 = bf16, 1 = int8.
+WeightFormat format_arg(int64_t a) { return a == 0 ? WeightFormat::bf16 : WeightFormat::int8; }
+
+void BM_linear_packed(benchmark::State& state) {
+  const WeightFormat format = format_arg(state.range(0));
+  const int n = int(state.range(1)), d_in = int(state.range(2)), d_out = int(state.range(3));
+  PackedLinearSet& set = packed_linear_set(d_in, d_out, format);
+  const std::vector<float> x = random_vec(size_t(n) * d_in, 9);
+  std::vector<float> out(size_t(n) * d_out);
+  K().linear(x.data(), n, set.lin(0), out.data());
+  std::vector<double> want(out.size());
+  const PackedMatrix& m = *set.w[0];
+  for (int r = 0; r < n; ++r)
+    for (int j = 0; j < d_out; ++j) {
+      double acc = set.b[0][j];
+      for (int i = 0; i < d_in; ++i) acc += double(x[size_t(r) * d_in + i]) * m.value(i, j);
+      want[size_t(r) * d_out + j] = acc;
+    }
+  const std::string name = std::string("linear ") + format_name(format);
+  check(name.c_str(), out.data(), want);
+  if (n > 1) {
+    std::vector<float> one(d_out);
+    for (int r : {0, n / 2, n - 1}) {
+      K().linear(x.data() + size_t(r) * d_in, 1, set.lin(0), one.data());
+      for (int j = 0; j < d_out; ++j)
+        if (one[j] != out[size_t(r) * d_out + j])
+          fail(name + ": row " + std::to_string(r) + " of " + std::to_string(n) +
+               " differs from the same row computed alone");
+    }
+  }
+  size_t c = 0;
+  for (auto _ : state) {
+    K().linear(x.data(), n, set.lin(c), out.data());
+    benchmark::DoNotOptimize(out.data());
+    if (++c == set.w.size()) c = 0;
+  }
+  set_counters(state, m.bytes(), 2.0 * n * d_in * d_out);
+  state.SetLabel(std::string(format_name(format)) + ", " + std::to_string(set.w.size()) + " weight copies");
+}
+
+void BM_unembed_packed(benchmark::State& state) {
+  const WeightFormat format = format_arg(state.range(0));
+  const int n = int(state.range(1)), d = kEmbd;
+  static std::unique_ptr<PackedMatrix> packed[2];
+  auto& wte = packed[format == WeightFormat::bf16 ? 0 : 1];
+  if (!wte) wte = std::make_unique<PackedMatrix>(random_vec(size_t(kVocab) * d, 10, 0.1f), kVocab, d, format, false);
+  const std::vector<float> x = random_vec(size_t(n) * d, 11);
+  std::vector<float> out(size_t(n) * kVocab);
+  K().unembed(x.data(), n, nullptr, wte->packed(), kVocab, d, out.data());
+  std::vector<double> want(out.size());
+  for (int r = 0; r < n; ++r)
+    for (int v = 0; v < kVocab; ++v) {
+      double acc = 0;
+      for (int i = 0; i < d; ++i) acc += double(x[size_t(r) * d + i]) * wte->value(v, i);
+      want[size_t(r) * kVocab + v] = acc;
+    }
+  const std::string name = std::string("unembed ") + format_name(format);
+  check(name.c_str(), out.data(), want);
+  if (n > 1) {
+    std::vector<float> one(kVocab);
+    for (int r = 0; r < n; ++r) {
+      K().unembed(x.data() + size_t(r) * d, 1, nullptr, wte->packed(), kVocab, d, one.data());
+      for (int v = 0; v < kVocab; ++v)
+        if (one[v] != out[size_t(r) * kVocab + v])
+          fail(name + ": row " + std::to_string(r) + " differs from the same row computed alone");
+    }
+  }
+  for (auto _ : state) {
+    K().unembed(x.data(), n, nullptr, wte->packed(), kVocab, d, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_counters(state, wte->bytes(), 2.0 * n * kVocab * d);
+  state.SetLabel(format_name(format));
+}
+
 // --- attention --------------------------------------------------------------------------------
 
 // Scalar causal attention of rows [pos0, pos0 + n) over keys/values already in the cache.
@@ -412,6 +586,12 @@ void linear_args(benchmark::internal::Benchmark* b) {
     for (auto& s : kShapes) b->Args({n, s[0], s[1]});
 }
 
+void packed_linear_args(benchmark::internal::Benchmark* b) {
+  for (int f : {0, 1})
+    for (int n : {1, 8, 128})
+      for (auto& s : kShapes) b->Args({f, n, s[0], s[1]});
+}
+
 }  // namespace
 
 BENCHMARK(BM_memory_read)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -421,6 +601,9 @@ BENCHMARK(BM_gelu)->Arg(3072)->Arg(128 * 3072)->UseRealTime();
 BENCHMARK(BM_softmax)->Arg(128)->Arg(1024)->UseRealTime();
 BENCHMARK(BM_linear)->Apply(linear_args)->ArgNames({"n", "in", "out"})->UseRealTime();
 BENCHMARK(BM_unembed)->Arg(1)->Arg(8)->ArgName("n")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_linear_packed)->Apply(packed_linear_args)->ArgNames({"fmt", "n", "in", "out"})->UseRealTime();
+BENCHMARK(BM_unembed_packed)->Args({0, 1})->Args({1, 1})->Args({0, 8})->Args({1, 8})->ArgNames({"fmt", "n"})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_attention)->Args({128, 1})->Args({1024, 1})->Args({128, 128})->Args({1024, 1024})
     ->ArgNames({"ctx", "n"})->UseRealTime();
 BENCHMARK(BM_forward_decode)->Arg(128)->ArgName("ctx")->Unit(benchmark::kMillisecond)->UseRealTime();
