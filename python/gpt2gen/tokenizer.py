@@ -117,7 +117,7 @@ class Tokenizer:
         # The bytes of every id, for decode. A token that is not spelt in byte characters
         # (only possible for added tokens) stands for its own UTF-8, as in tokenizers.
         self._n_vocab = max(self.encoder.values(), default=-1) + 1
-        self._token_bytes: list[bytes | None] = [None] * self._n_vocab
+        self._token_bytes: dict[int, bytes] = {}  # not a list: ids may be sparse (or absurd)
         for token, token_id in self.encoder.items():
             if all(c in char_to_byte for c in token):
                 self._token_bytes[token_id] = bytes(char_to_byte[c] for c in token)
@@ -195,7 +195,7 @@ class Tokenizer:
     def token_bytes(self, token_id) -> bytes:
         """The bytes that ``token_id`` stands for; ValueError for an id outside the vocabulary."""
         i = operator.index(token_id)
-        data = self._token_bytes[i] if 0 <= i < self._n_vocab else None
+        data = self._token_bytes.get(i)
         if data is None:
             raise ValueError(f"token id {token_id!r} is not in the vocabulary (0 <= id < {self._n_vocab})")
         return data
