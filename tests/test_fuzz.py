@@ -915,6 +915,7 @@ n_heads = st.one_of(st.just(N_HEAD), st.integers(-3, 10), st.sampled_from([2**31
 
 
 @fuzz_settings(250, 10_000)
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # the np.matrix layout
 @given(malformed_params(), n_heads, st.sampled_from(["forward", "generate", "model"]), thread_counts)
 def test_malformed_params(params, n_head, call, threads):
     try:
