@@ -92,6 +92,21 @@ inline void linear_columns(const T* x, int n, const T* w, const T* b, int d_in, 
   }
 }
 
+// Calls run(std::integral_constant<int, P>(), v) over the column vectors [v0, v1): panels of
+// kWidest vectors, then one each of 16, 8, 4, 2, 1 for the rest, so that every panel width is a
+// compile-time constant (its accumulators stay in registers).
+template <int kWidest, typename Run>
+inline void for_each_panel(int v0, int v1, Run&& run) {
+  int v = v0;
+  for (; v1 - v >= kWidest; v += kWidest) run(std::integral_constant<int, kWidest>(), v);
+  if constexpr (kWidest > 16)
+    if (v1 - v >= 16) { run(std::integral_constant<int, 16>(), v); v += 16; }
+  if (v1 - v >= 8) { run(std::integral_constant<int, 8>(), v); v += 8; }
+  if (v1 - v >= 4) { run(std::integral_constant<int, 4>(), v); v += 4; }
+  if (v1 - v >= 2) { run(std::integral_constant<int, 2>(), v); v += 2; }
+  if (v1 - v >= 1) run(std::integral_constant<int, 1>(), v);
+}
+
 #if GPT2GEN_SIMD_F32
 // --- float32 with explicit SIMD (AVX-512 or AVX2) ---------------------------------------------
 namespace f32 {
@@ -187,13 +202,7 @@ inline void linear_decode(const float* x, LinearWeights<float> lin, float* out, 
       linear_tile<1, P, true, false>(x, lin.d_in, lin.w + v * W, lin.d_out, 0, lin.d_in,
                                      lin.b + v * W, out + v * W, lin.d_out, F32::mask(W));
   };
-  int v = v0;
-  for (; v1 - v >= kDecodeVecs; v += kDecodeVecs) run(std::integral_constant<int, kDecodeVecs>(), v);
-  if (v1 - v >= 16 && kDecodeVecs > 16) { run(std::integral_constant<int, 16>(), v); v += 16; }
-  if (v1 - v >= 8) { run(std::integral_constant<int, 8>(), v); v += 8; }
-  if (v1 - v >= 4) { run(std::integral_constant<int, 4>(), v); v += 4; }
-  if (v1 - v >= 2) { run(std::integral_constant<int, 2>(), v); v += 2; }
-  if (v1 - v >= 1) { run(std::integral_constant<int, 1>(), v); v += 1; }
+  for_each_panel<kDecodeVecs>(v0, v1, run);
 }
 
 // Build-time knobs for A/B runs with benchmarks/ab_micro.py (defaults are the measured choice):
@@ -721,13 +730,7 @@ inline void linear_decode(const float* x, const LinearWeights<float>& lin, float
     constexpr int P = decltype(vecs_c)::value;
     tile<1, P, true>(x, lin.d_in, lin, v, 0, lin.d_in, true, out, lin.d_out, v + P == nvec ? tail : W);
   };
-  int v = v0;
-  for (; v1 - v >= kDecodeVecs; v += kDecodeVecs) run(std::integral_constant<int, kDecodeVecs>(), v);
-  if (v1 - v >= 16 && kDecodeVecs > 16) { run(std::integral_constant<int, 16>(), v); v += 16; }
-  if (v1 - v >= 8) { run(std::integral_constant<int, 8>(), v); v += 8; }
-  if (v1 - v >= 4) { run(std::integral_constant<int, 4>(), v); v += 4; }
-  if (v1 - v >= 2) { run(std::integral_constant<int, 2>(), v); v += 2; }
-  if (v1 - v >= 1) { run(std::integral_constant<int, 1>(), v); v += 1; }
+  for_each_panel<kDecodeVecs>(v0, v1, run);
 }
 
 // n > 1: one panel of kTileVecs column vectors, blocked over k, every kTileRows rows of x reusing

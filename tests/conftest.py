@@ -24,6 +24,8 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 
+import gpt2gen
+
 EOT = "<|endoftext|>"
 
 
@@ -282,3 +284,12 @@ def numpy_gpt2(tmp_path):
         return make_numpy_gpt2(tmp_path, **config)
 
     return build
+
+
+@pytest.fixture(params=gpt2gen.supported_backends())
+def every_backend(request):
+    """Runs a test once per instruction set this CPU supports (generic, AVX2, AVX-512)."""
+    previous = gpt2gen.backend()
+    gpt2gen.set_backend(request.param)
+    yield request.param
+    gpt2gen.set_backend(previous)

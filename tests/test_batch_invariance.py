@@ -13,12 +13,7 @@ from gpt2gen import _core
 kernels = _core.kernels
 
 
-@pytest.fixture(params=gpt2gen.supported_backends(), autouse=True)
-def backend(request):
-    previous = gpt2gen.backend()
-    gpt2gen.set_backend(request.param)
-    yield request.param
-    gpt2gen.set_backend(previous)
+pytestmark = pytest.mark.usefixtures("every_backend")
 
 
 @pytest.fixture(autouse=True)

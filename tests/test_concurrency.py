@@ -14,14 +14,8 @@ arbitrary; only the generation as a whole is deterministic.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import textwrap
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +24,7 @@ import gpt2gen
 from gpt2gen import _core
 from gpt2gen.engine import generation_options
 from random_models import random_params
+from isolated import run_isolated
 
 N_HEAD = 4
 N_THREADS = 8
@@ -309,27 +304,8 @@ def test_python_threads_interleave_with_many_generations(one_omp_thread, model):
     assert ticks[0] > 1000
 
 
-def _isolated_env() -> dict:
-    """The environment for a subprocess: under .ci/sanitize.sh its sanitizer reports go to its
-    own stderr (which the test captures and checks) rather than to the run's report files, which
-    are for reports nobody expected."""
-    env = dict(os.environ)
-    for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
-        if "log_path=" in env.get(var, ""):
-            env[var] = re.sub(r"log_path=[^:]*", "log_path=stderr", env[var])
-    return env
-
-
-def _run_isolated(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs code in a fresh interpreter (a crash there fails the test instead of the session)."""
-    prelude = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-        import numpy as np, gpt2gen
-        from random_models import random_params
-    """)
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=_isolated_env())
+def _run_isolated(code: str, timeout: float = 300):
+    return run_isolated(code, timeout=timeout)
 
 
 def test_b5_one_generation_stepped_from_two_threads():

@@ -27,15 +27,12 @@ from __future__ import annotations
 import codecs
 import itertools
 import json
-import math
 import numbers
 import os
-import re
 import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 from decimal import Decimal
 from fractions import Fraction
@@ -43,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import gpt2gen
@@ -55,6 +52,7 @@ from gpt2gen.tokenizer import EOT, GPT2_SPLIT_PATTERN, Tokenizer, bytes_to_unico
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import make_numpy_gpt2, save_safetensors, to_bf16_bits, write_tokenizer_files  # noqa: E402
 from random_models import random_params  # noqa: E402
+from isolated import run_isolated
 
 FUZZ = os.environ.get("GPT2GEN_FUZZ") == "1"
 # Set by .ci/sanitize.sh; ASan's shadow memory makes address-space limits meaningless.
@@ -940,28 +938,11 @@ def _call_with(params, n_head, call):
 _IDS = np.arange(12, dtype=np.int64)
 
 
-def _isolated_env() -> dict:
-    """The environment for a subprocess: under .ci/sanitize.sh its sanitizer reports go to its
-    own stderr (which the test captures and checks) rather than to the run's report files, which
-    are for reports nobody expected."""
-    env = dict(os.environ)
-    for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
-        if "log_path=" in env.get(var, ""):
-            env[var] = re.sub(r"log_path=[^:]*", "log_path=stderr", env[var])
-    return env
+def _run_isolated(code: str, timeout: float = 120):
+    return run_isolated(code, timeout=timeout, setup=TINY_PARAMS)
 
 
-def _run_isolated(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Runs code in a fresh interpreter (a crash there fails the test instead of the session)."""
-    prelude = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-        import numpy as np, gpt2gen
-        from random_models import random_params
-        params = random_params(np.random.default_rng(7), n_layer=1, n_embd=8, n_head=2, n_vocab=40, n_ctx=24)
-    """)
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=_isolated_env())
+TINY_PARAMS = "params = random_params(np.random.default_rng(7), n_layer=1, n_embd=8, n_head=2, n_vocab=40, n_ctx=24)\n"
 
 
 def test_b1_strided_ids_are_read_by_index():

@@ -18,12 +18,7 @@ RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 ATOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-@pytest.fixture(params=gpt2gen.supported_backends(), autouse=True)
-def backend(request):
-    previous = gpt2gen.backend()
-    gpt2gen.set_backend(request.param)
-    yield request.param
-    gpt2gen.set_backend(previous)
+pytestmark = pytest.mark.usefixtures("every_backend")
 
 
 def close(actual, expected, dtype, scale=1.0):
