@@ -19,7 +19,7 @@ Run as a script, this file is also a set of atheris (libFuzzer) harnesses:
 
 Bugs found here are kept as regression tests at the end of the file, marked
 ``xfail(strict=True)`` until the engine is fixed: a fix makes them XPASS, which fails the run, and
-then the marker and the matching clause of ``known_bug`` go together.
+then the marker goes.
 """
 
 from __future__ import annotations
@@ -96,23 +96,8 @@ def _int_outside(value, bits: int) -> bool:
 FLOAT_ARGS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 
 
-def known_bug(exc: BaseException, kwargs: dict) -> str | None:
-    """The reported, still open bug that explains ``exc`` for a call with ``kwargs``, if any.
-
-    Empty now: B2 (eos_token_id outside int32), B3 (n_head outside int64) and B4 (huge ints as
-    float options) are fixed. A new finding gets a clause here, precise enough to excuse only
-    itself, next to its xfail regression test; both go when it is fixed."""
-    return None
 
 
-def known_loader_bug(exc: BaseException) -> str | None:
-    """As known_bug, for the loader. Empty now: B7, B9, B11 are fixed."""
-    return None
-
-
-# B1 (fixed): NumPy id arrays of any layout (strided, reversed, broadcast, Fortran-order rows,
-# misaligned) used to be read as if C-contiguous, out of bounds for some; the fuzzing includes them.
-NON_CONTIGUOUS_IDS = True
 
 
 # =============================================================================================
@@ -405,17 +390,7 @@ def test_the_undamaged_file_loads(fuzz_dir):
 @fuzz_settings(400, 15_000)
 @given(safetensors_blobs)
 def test_safetensors_damage_is_a_checkpoint_error(fuzz_dir, blob):
-    try:
-        outcome = check_safetensors(blob, fuzz_dir)
-    except (CheckpointError, AssertionError):
-        raise
-    except Exception as e:
-        bug = known_loader_bug(e)
-        if bug is None:
-            raise
-        note(f"known bug {bug}")
-        return
-    note(outcome)
+    note(check_safetensors(blob, fuzz_dir))
 
 
 @pytest.fixture(scope="module")
@@ -458,10 +433,6 @@ def test_damaged_checkpoint_directory_is_a_checkpoint_error(tiny_model_dir, fuzz
     except CheckpointError as e:
         assert str(e)
         return
-    except Exception as e:
-        if known_loader_bug(e) is None:
-            raise
-        return
     finally:
         for f in model_dir.iterdir():
             f.unlink()
@@ -469,10 +440,6 @@ def test_damaged_checkpoint_directory_is_a_checkpoint_error(tiny_model_dir, fuzz
     # Loaded: the params are what the engine takes (values may be NaN after a flip: allowed).
     assert gpt2gen.forward([0], params, hparams["n_head"]).shape == (1, hparams["n_vocab"])
 
-
-def known_tokenizer_file_bug(exc: BaseException) -> str | None:
-    """As known_bug, for tokenizer files. Empty now: B14 and B15 are fixed."""
-    return None
 
 
 # Ids of any size, huge ones included: B15 (a list as long as the largest id) is fixed.
@@ -512,9 +479,6 @@ def test_damaged_tokenizer_files(tiny_model_dir, fuzz_dir, data):
         encoder.decode(encoder.encode("hello world"))
     except CheckpointError as e:
         assert str(e)
-    except Exception as e:
-        if known_tokenizer_file_bug(e) is None:
-            raise
     finally:
         for f in model_dir.iterdir():
             f.unlink()
@@ -661,7 +625,7 @@ def prompts(draw):
         return [draw(valid), np.array(draw(valid)), tuple(draw(valid))]
     if kind == "tuple":
         return tuple(draw(valid))
-    if kind == "layout" and NON_CONTIGUOUS_IDS:
+    if kind == "layout":
         base = np.array(draw(st.lists(ids, min_size=8, max_size=16)), dtype=draw(st.sampled_from(["i4", "i8", "u8"])))
         form = draw(st.sampled_from(["stride", "reverse", "broadcast", "fortran", "unaligned"]))
         if form == "stride":
@@ -769,10 +733,6 @@ def test_generate_arguments(data):
             n, out = _call_generate(inputs, params, N_HEAD, kwargs)
     except (TypeError, ValueError) as e:
         assert str(e), repr(e)
-        return
-    except Exception as e:
-        if known_bug(e, kwargs) is None:
-            raise
         return
     _check_output(out, inputs, n if isinstance(n, numbers.Integral) else 0, kwargs)
 
@@ -918,9 +878,6 @@ def test_malformed_params(params, n_head, call, threads):
             _call_with(params, n_head, call)
     except (TypeError, ValueError) as e:
         assert str(e), repr(e)
-    except Exception as e:
-        if known_bug(e, {"n_head": n_head}) is None:
-            raise
 
 
 def _call_with(params, n_head, call):
@@ -1177,9 +1134,6 @@ def _atheris_safetensors():
             check_safetensors(blob, directory)
         except CheckpointError:
             raise
-        except Exception as e:
-            if known_loader_bug(e) is None:
-                raise
 
     return one_input
 
@@ -1205,10 +1159,6 @@ def _atheris_generate():
             n, out = _call_generate(inputs, PARAMS, N_HEAD, kwargs)
         except (TypeError, ValueError) as e:
             assert str(e)
-            return
-        except Exception as e:
-            if known_bug(e, kwargs) is None:
-                raise
             return
         _check_output(out, inputs, n if isinstance(n, numbers.Integral) else 0, kwargs)
 
