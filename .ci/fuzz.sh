@@ -33,33 +33,13 @@ fi
 mkdir -p "$work"
 site=$work/site
 
-isolation=(--no-build-isolation)
-python - <<'PY' 2>/dev/null || isolation=()
-import shutil, scikit_build_core, pybind11
-assert shutil.which("cmake")
-PY
 flags=(--config-settings=build-dir="$work/build")
 if [[ "$asan_mode" == 1 ]]; then
   flags+=(--config-settings=cmake.define.GPT2GEN_SANITIZE=ON --config-settings=cmake.build-type=RelWithDebInfo)
 fi
 echo "== building gpt2gen into $site$([[ "$asan_mode" == 1 ]] && echo " (ASan+UBSan)")"
-rm -rf "$site"
-python -m pip install "$root" --no-deps -q --target "$site" "${isolation[@]}" "${flags[@]}"
-missing=$(python - "$root/pyproject.toml" <<'PY'
-import re, sys, tomllib
-from importlib import metadata
-for requirement in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]:
-    name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
-    try:
-        metadata.version(name)
-    except metadata.PackageNotFoundError:
-        print(requirement)
-PY
-)
-if [[ -n "$missing" ]]; then
-  # shellcheck disable=SC2086
-  python -m pip install -q --target "$site" $missing
-fi
+source "$root/.ci/install_private.sh"
+install_private "$root" "$site" "${flags[@]}"
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 
 preload=()

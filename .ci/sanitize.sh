@@ -48,36 +48,11 @@ for lib in "$asan" "$ubsan"; do
   [[ -e "$lib" ]] || { echo "sanitize: $lib not found (gcc's sanitizer runtime)"; exit 1; }
 done
 
-# --- build. With the build tools already installed, without build isolation (fast, offline);
-# otherwise pip fetches them into an isolated build environment.
-isolation=(--no-build-isolation)
-python - <<'EOF' 2>/dev/null || isolation=()
-import shutil, scikit_build_core, pybind11
-assert shutil.which("cmake")
-EOF
+# --- build
 echo "== building gpt2gen with -DGPT2GEN_SANITIZE=ON into $site"
-rm -rf "$site"
-python -m pip install "$root" --no-deps -q --target "$site" "${isolation[@]}" \
-  --config-settings=cmake.define.GPT2GEN_SANITIZE=ON \
-  --config-settings=cmake.build-type=RelWithDebInfo \
-  --config-settings=build-dir="$build"
-# The package's runtime dependencies (pyproject.toml), where the interpreter lacks them.
-missing=$(python - "$root/pyproject.toml" <<'PY'
-import re, sys, tomllib
-from importlib import metadata
-for requirement in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]:
-    name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
-    try:
-        metadata.version(name)
-    except metadata.PackageNotFoundError:
-        print(requirement)
-PY
-)
-if [[ -n "$missing" ]]; then
-  echo "== installing missing runtime dependencies: $missing"
-  # shellcheck disable=SC2086
-  python -m pip install -q --target "$site" $missing
-fi
+source "$root/.ci/install_private.sh"
+install_private "$root" "$site" --config-settings=cmake.define.GPT2GEN_SANITIZE=ON \
+  --config-settings=cmake.build-type=RelWithDebInfo --config-settings=build-dir="$build"
 core=$(ls "$site"/gpt2gen/_core*.so)
 if ! nm -D "$core" | grep __asan_ >/dev/null; then  # (not grep -q: SIGPIPE under pipefail)
   echo "sanitize: $core is not instrumented (GPT2GEN_SANITIZE did not take effect)"
