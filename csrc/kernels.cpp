@@ -108,6 +108,165 @@ inline void for_each_panel(int v0, int v1, Run&& run) {
 }
 
 #if GPT2GEN_SIMD_F32
+// --- weights of any format as float32 vectors, and the row-streaming decode product ----------
+namespace weights {
+
+// Register tiles: the loops over rows and vectors must unroll fully so arrays stay in registers.
+#define GPT2GEN_UNROLL _Pragma("GCC unroll 32")
+
+using simd::F32;
+using V = F32::V;
+using Mask = F32::Mask;
+constexpr int W = F32::W;
+
+// W weights starting at p, as float32; the partial form reads only the first n (< W) and zeroes
+// the other lanes (never reading past them: the matrix may end there).
+inline V load_w(const float* p) { return F32::load(p); }
+inline V load_w(const uint16_t* p) {
+#if defined(__AVX512F__)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+#else
+  return _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+#endif
+}
+inline V load_w(const int8_t* p) {
+#if defined(__AVX512F__)
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#endif
+}
+template <typename E>
+inline V load_w(const E* p, int n) {
+  if (n >= W) return load_w(p);
+  if constexpr (std::is_same_v<E, float>) {
+    return F32::load(p, F32::mask(n));
+  } else {
+#if defined(__AVX512F__)
+    const __mmask16 m = __mmask16((1u << n) - 1);
+    if constexpr (std::is_same_v<E, uint16_t>)
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+    else
+      return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+#else
+    alignas(32) E buf[W] = {};
+    std::memcpy(buf, p, sizeof(E) * n);
+    return load_w(buf);
+#endif
+  }
+}
+
+// Build-time knobs for A/B runs with benchmarks/ab_micro.py (defaults are the measured choice):
+// GPT2GEN_DECODE_MODE 1 = row streaming (below), 0 = register panels of GPT2GEN_DECODE_VECS
+// vectors with software prefetch GPT2GEN_PREFETCH_ROWS ahead (f32::linear_decode). At one thread
+// 16-vector panels without prefetch and 8-row streaming were within noise of each other; 24-vector
+// panels were 20-50% slower, with or without prefetch.
+#ifndef GPT2GEN_DECODE_MODE
+#define GPT2GEN_DECODE_MODE 1
+#endif
+#ifndef GPT2GEN_STREAM_ROWS
+#define GPT2GEN_STREAM_ROWS 8
+#endif
+constexpr int kStreamRows = GPT2GEN_STREAM_ROWS;
+
+// n ≤ kStreamMaxRows, row streaming: the thread's columns [v0, v1) of kStreamRows rows of w at a
+// time, all of them contiguous in memory (kStreamRows sequential streams for the prefetchers).
+// Each vector of w is loaded (and converted) once and used for the R rows of x; the partial sums
+// live in out (L1/L2), each continued by kStreamRows FMAs in k order, the bias added at the end.
+// The order per output element is linear's canonical one: acc = fma(x[k], w[k, j], acc), k
+// ascending, whatever R.
+constexpr int kStreamMaxRows = 8;
+// Software prefetch of the next group of rows: the thread's part of a row can be as short as
+// 1.5 KB (768 columns), too short for the hardware prefetchers to get ahead (n = 8: 1.3× faster).
+#ifndef GPT2GEN_STREAM_PF
+#define GPT2GEN_STREAM_PF 1
+#endif
+constexpr int kStreamPrefetchGroups = GPT2GEN_STREAM_PF;  // groups of kStreamRows rows ahead (0: off)
+
+template <int R, typename Rows, typename E>
+inline void linear_stream_rows(const float* __restrict x, int ldx, const E* __restrict w, int d_out,
+                               float* __restrict out, int v0, int v1, int k0, Rows rows, int last) {
+  const size_t ld = d_out;
+  w += size_t(k0) * ld;
+  x += k0;
+  auto step = [&](int v, auto masked_c) {
+    constexpr bool kMasked = decltype(masked_c)::value;
+    const Mask m = F32::mask(kMasked ? last : W);
+    V wv[kStreamRows];
+    if constexpr (kStreamPrefetchGroups > 0) {
+      if (v * W * sizeof(E) % 64 == 0) {  // once per cache line
+        const E* ahead = w + size_t(kStreamPrefetchGroups) * kStreamRows * ld + v * W;
+        GPT2GEN_UNROLL
+        for (int i = 0; i < int(rows); ++i)
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + i * ld), _MM_HINT_T0);
+      }
+    }
+    GPT2GEN_UNROLL
+    for (int i = 0; i < int(rows); ++i)
+      wv[i] = kMasked ? load_w(w + i * ld + v * W, last) : load_w(w + i * ld + v * W);
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) {
+      float* o = out + size_t(r) * d_out + v * W;
+      const float* xr = x + size_t(r) * ldx;
+      V acc = k0 == 0 ? F32::zero() : kMasked ? F32::load(o, m) : F32::load(o);
+      GPT2GEN_UNROLL
+      for (int i = 0; i < int(rows); ++i) acc = F32::fma(F32::set1(xr[i]), wv[i], acc);
+      if (kMasked)
+        F32::store(o, acc, m);
+      else
+        F32::store(o, acc);
+    }
+  };
+  const int vend = last < W ? v1 - 1 : v1;
+  for (int v = v0; v < vend; ++v) step(v, std::false_type());
+  if (last < W) step(v1 - 1, std::true_type());
+}
+
+// out[r, j] = x[r]·w[:, j] + b[j] for R rows and the column vectors [v0, v1) of w[d_in, d_out]
+// (float or bf16); `last` columns in the matrix's last vector.
+template <int R, typename E>
+inline void linear_stream(const float* x, const E* w, const float* b, int d_in, int d_out, float* out,
+                          int v0, int v1) {
+  if (v0 >= v1) return;
+  const int nvec = (d_out + W - 1) / W;
+  const int tail = d_out - (nvec - 1) * W;
+  const int last = v1 == nvec ? tail : W;
+  int k = 0;
+  for (; k + kStreamRows <= d_in; k += kStreamRows)
+    linear_stream_rows<R>(x, d_in, w, d_out, out, v0, v1, k,
+                          std::integral_constant<int, kStreamRows>(), last);
+  if (k < d_in) linear_stream_rows<R>(x, d_in, w, d_out, out, v0, v1, k, d_in - k, last);
+  for (int r = 0; r < R; ++r)
+    for (int v = v0; v < v1; ++v) {
+      const Mask mv = F32::mask(v == nvec - 1 ? tail : W);
+      float* o = out + size_t(r) * d_out + v * W;
+      F32::store(o, F32::add(F32::load(o, mv), F32::load(b + v * W, mv)), mv);
+    }
+}
+
+// linear_stream with the row count chosen at run time (1 ≤ n ≤ kStreamMaxRows).
+template <typename E>
+inline void linear_stream(const float* x, int n, const E* w, const float* b, int d_in, int d_out,
+                          float* out, int v0, int v1) {
+  auto run = [&](auto rows_c) {
+    linear_stream<decltype(rows_c)::value>(x, w, b, d_in, d_out, out, v0, v1);
+  };
+  switch (n) {
+    case 1: run(std::integral_constant<int, 1>()); break;
+    case 2: run(std::integral_constant<int, 2>()); break;
+    case 3: run(std::integral_constant<int, 3>()); break;
+    case 4: run(std::integral_constant<int, 4>()); break;
+    case 5: run(std::integral_constant<int, 5>()); break;
+    case 6: run(std::integral_constant<int, 6>()); break;
+    case 7: run(std::integral_constant<int, 7>()); break;
+    default: run(std::integral_constant<int, kStreamMaxRows>()); break;
+  }
+}
+
+}  // namespace weights
+
 // --- float32 with explicit SIMD (AVX-512 or AVX2) ---------------------------------------------
 namespace f32 {
 
@@ -141,34 +300,48 @@ inline void linear_tile(const float* x, int ldx, const float* w, int ldw, int k0
     return kTail && vec == P - 1 ? F32::load(p, last) : F32::load(p);
   };
   V acc[R][P];
-  for (int r = 0; r < R; ++r)
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p)
       acc[r][p] = k0 == 0 ? F32::zero() : load(out + size_t(r) * ldo + p * W, p);
+  }
   for (int k = k0; k < k1; ++k) {
     const float* wk = w + size_t(k) * ldw;
-    if constexpr (kPrefetch && kPrefetchRows > 0)
+    if constexpr (kPrefetch && kPrefetchRows > 0) {
+      GPT2GEN_UNROLL
       for (int p = 0; p < P; ++p)
         _mm_prefetch(reinterpret_cast<const char*>(wk + size_t(kPrefetchRows) * ldw + p * W),
                      _MM_HINT_T0);
+    }
     V xv[R];
+    GPT2GEN_UNROLL
     for (int r = 0; r < R; ++r) xv[r] = F32::set1(x[size_t(r) * ldx + k]);
+    GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p) {
       const V wv = load(wk + p * W, p);
+      GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) acc[r][p] = F32::fma(xv[r], wv, acc[r][p]);
     }
   }
-  if (bias)
+  if (bias) {
+    GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p) {
       const V bv = load(bias + p * W, p);
+      GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) acc[r][p] = F32::add(acc[r][p], bv);
     }
-  for (int r = 0; r < R; ++r)
+  }
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p) {
       if (kTail && p == P - 1)
         F32::store(out + size_t(r) * ldo + p * W, acc[r][p], last);
       else
         F32::store(out + size_t(r) * ldo + p * W, acc[r][p]);
     }
+  }
 }
 
 using TileFn = void (*)(const float*, int, const float*, int, int, int, const float*, float*, int,
@@ -205,66 +378,6 @@ inline void linear_decode(const float* x, LinearWeights<float> lin, float* out, 
   for_each_panel<kDecodeVecs>(v0, v1, run);
 }
 
-// Build-time knobs for A/B runs with benchmarks/ab_micro.py (defaults are the measured choice):
-// GPT2GEN_DECODE_MODE 1 = row streaming (below), 0 = register panels of GPT2GEN_DECODE_VECS
-// vectors with software prefetch GPT2GEN_PREFETCH_ROWS ahead (linear_decode above). At one thread
-// 16-vector panels without prefetch and 8-row streaming were within noise of each other; 24-vector
-// panels were 20-50% slower, with or without prefetch.
-#ifndef GPT2GEN_DECODE_MODE
-#define GPT2GEN_DECODE_MODE 1
-#endif
-#ifndef GPT2GEN_STREAM_ROWS
-#define GPT2GEN_STREAM_ROWS 8
-#endif
-constexpr int kStreamRows = GPT2GEN_STREAM_ROWS;
-
-// n = 1, row streaming: the thread's columns [v0, v1) of kStreamRows rows of w at a time, all of
-// them contiguous in memory (kStreamRows sequential streams for the prefetchers); the partial sums
-// live in out (L1), each continued by kStreamRows FMAs in k order, the bias added at the end.
-template <bool kTail>
-inline void linear_stream_rows(const float* x, LinearWeights<float> lin, float* out, int v0,
-                               int v1, int k0, int rows, Mask last) {
-  const size_t ld = lin.d_out;
-  const float* w = lin.w + size_t(k0) * ld;
-  V xv[kStreamRows];
-  for (int r = 0; r < rows; ++r) xv[r] = F32::set1(x[k0 + r]);
-  const int vend = kTail ? v1 - 1 : v1;
-  for (int v = v0; v < vend; ++v) {
-    V acc = k0 == 0 ? F32::zero() : F32::load(out + v * W);
-    if (rows == kStreamRows) {
-      for (int r = 0; r < kStreamRows; ++r) acc = F32::fma(xv[r], F32::load(w + r * ld + v * W), acc);
-    } else {
-      for (int r = 0; r < rows; ++r) acc = F32::fma(xv[r], F32::load(w + r * ld + v * W), acc);
-    }
-    F32::store(out + v * W, acc);
-  }
-  if (kTail) {
-    const int v = v1 - 1;
-    V acc = k0 == 0 ? F32::zero() : F32::load(out + v * W, last);
-    for (int r = 0; r < rows; ++r) acc = F32::fma(xv[r], F32::load(w + r * ld + v * W, last), acc);
-    F32::store(out + v * W, acc, last);
-  }
-}
-
-inline void linear_stream(const float* x, LinearWeights<float> lin, float* out, int v0, int v1) {
-  if (v0 >= v1) return;
-  const int nvec = (lin.d_out + W - 1) / W;
-  const int tail = lin.d_out - (nvec - 1) * W;
-  const bool has_tail = v1 == nvec && tail < W;
-  const Mask m = F32::mask(has_tail ? tail : W);
-  for (int k = 0; k < lin.d_in; k += kStreamRows) {
-    const int rows = std::min(kStreamRows, lin.d_in - k);
-    if (has_tail)
-      linear_stream_rows<true>(x, lin, out, v0, v1, k, rows, m);
-    else
-      linear_stream_rows<false>(x, lin, out, v0, v1, k, rows, m);
-  }
-  for (int v = v0; v < v1; ++v) {
-    const Mask mv = F32::mask(v == nvec - 1 ? tail : W);
-    F32::store(out + v * W, F32::add(F32::load(out + v * W, mv), F32::load(lin.b + v * W, mv)), mv);
-  }
-}
-
 // n > 1: one panel of kTileVecs column vectors, blocked over k, every kTileRows rows of x reusing
 // the block of w from cache.
 inline void linear_panel(const float* x, int n, LinearWeights<float> lin, float* out, int panel) {
@@ -288,15 +401,15 @@ inline void linear_panel(const float* x, int n, LinearWeights<float> lin, float*
 
 inline void linear(const float* x, int n, LinearWeights<float> lin, float* out) {
   const int nvec = (lin.d_out + W - 1) / W;
-  if (n == 1) {
+  if (n <= weights::kStreamMaxRows) {
 #pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       const int v0 = int(int64_t(nvec) * t / nt), v1 = int(int64_t(nvec) * (t + 1) / nt);
-      if (GPT2GEN_DECODE_MODE == 1)
-        linear_stream(x, lin, out, v0, v1);
-      else
+      if (n == 1 && GPT2GEN_DECODE_MODE == 0)
         linear_decode(x, lin, out, v0, v1);
+      else
+        weights::linear_stream(x, n, lin.w, lin.b, lin.d_in, lin.d_out, out, v0, v1);
     }
     return;
   }
@@ -530,47 +643,12 @@ inline void attend(const float* q, const float* k, const float* v, int n_keys, i
 //                 chunks in order; acc = fma(scale[v, block], s, acc); logit = F32::sum(acc).
 namespace simd_packed {
 
-// Register tiles: the loops over rows and vectors must unroll fully so arrays stay in registers.
-#define GPT2GEN_UNROLL _Pragma("GCC unroll 32")
+using weights::load_w;
 
 using simd::F32;
 using V = F32::V;
 using Mask = F32::Mask;
 constexpr int W = F32::W;
-
-// W weights starting at p, as float32; the partial form reads only the first n (< W) and zeroes
-// the other lanes (never reading past them: the matrix may end there).
-inline V load_w(const uint16_t* p) {
-#if defined(__AVX512F__)
-  return _mm512_castsi512_ps(_mm512_slli_epi32(
-      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-#else
-  return _mm256_castsi256_ps(_mm256_slli_epi32(
-      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
-#endif
-}
-inline V load_w(const int8_t* p) {
-#if defined(__AVX512F__)
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-#else
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-#endif
-}
-template <typename E>
-inline V load_w(const E* p, int n) {
-  if (n >= W) return load_w(p);
-#if defined(__AVX512F__)
-  const __mmask16 m = __mmask16((1u << n) - 1);
-  if constexpr (std::is_same_v<E, uint16_t>)
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-  else
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
-#else
-  alignas(32) E buf[W] = {};
-  std::memcpy(buf, p, sizeof(E) * n);
-  return load_w(buf);
-#endif
-}
 
 #ifndef GPT2GEN_PF_HINT  // -DGPT2GEN_PF_HINT=_MM_HINT_NTA to try non-temporal prefetch of weights
 #define GPT2GEN_PF_HINT _MM_HINT_T0
@@ -752,11 +830,18 @@ inline void linear_panel(const float* x, int n, const LinearWeights<float>& lin,
 
 inline void linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
   const int nvec = (lin.d_out + W - 1) / W;
-  if (n == 1) {
+  // bf16 at n = 1: panels measured as fast as streaming, and faster for narrow matrices.
+  const bool bf16 = lin.packed.format == WeightFormat::bf16;
+  if (n == 1 || (bf16 && n <= weights::kStreamMaxRows)) {
 #pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      linear_decode(x, lin, out, int(int64_t(nvec) * t / nt), int(int64_t(nvec) * (t + 1) / nt));
+      const int v0 = int(int64_t(nvec) * t / nt), v1 = int(int64_t(nvec) * (t + 1) / nt);
+      if (n > 1)
+        weights::linear_stream(x, n, static_cast<const uint16_t*>(lin.packed.data), lin.b, lin.d_in,
+                               lin.d_out, out, v0, v1);
+      else
+        linear_decode(x, lin, out, v0, v1);
     }
     return;
   }
