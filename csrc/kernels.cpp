@@ -772,6 +772,55 @@ inline void int8_tile(const float* x, int ldx, const int8_t* q, const float* sca
   }
 }
 
+// bf16 decode, P (even) full column vectors: each 2·W-column load is split without shuffles into
+// its even columns (the low halves shifted up) and odd columns (the high halves masked), so a
+// pair of vectors costs one load, a shift, an and and two FMAs; the two accumulators are
+// interleaved back into column order at the end. Each output gets the same FMAs in the same order
+// as bf16_tile<1, P>, so the results are identical.
+template <int P>
+inline void bf16_decode_pairs(const float* x, const uint16_t* w, int ldw, int d_in, const float* bias,
+                              float* out) {
+  static_assert(P % 2 == 0, "columns come in pairs of vectors");
+  constexpr int Q = P / 2;
+  V even[Q], odd[Q];
+  GPT2GEN_UNROLL
+  for (int q = 0; q < Q; ++q) even[q] = odd[q] = F32::zero();
+  for (int k = 0; k < d_in; ++k) {
+    const uint16_t* wk = w + size_t(k) * ldw;
+    prefetch_row<uint16_t, P>(wk + size_t(kPrefetchRows<uint16_t>) * ldw);
+    const V xv = F32::set1(x[k]);
+    GPT2GEN_UNROLL
+    for (int q = 0; q < Q; ++q) {
+#if defined(__AVX512F__)
+      const __m512i u = _mm512_loadu_si512(wk + q * 2 * W);
+      const V lo = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+      const V hi = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(int(0xFFFF0000u))));
+#else
+      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + q * 2 * W));
+      const V lo = _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+      const V hi = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(int(0xFFFF0000u))));
+#endif
+      even[q] = F32::fma(xv, lo, even[q]);
+      odd[q] = F32::fma(xv, hi, odd[q]);
+    }
+  }
+  GPT2GEN_UNROLL
+  for (int q = 0; q < Q; ++q) {
+#if defined(__AVX512F__)
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const V a = _mm512_permutex2var_ps(even[q], first, odd[q]);
+    const V b = _mm512_permutex2var_ps(even[q], second, odd[q]);
+#else
+    const V lo = _mm256_unpacklo_ps(even[q], odd[q]), hi = _mm256_unpackhi_ps(even[q], odd[q]);
+    const V a = _mm256_permute2f128_ps(lo, hi, 0x20), b = _mm256_permute2f128_ps(lo, hi, 0x31);
+#endif
+    const int j = q * 2 * W;
+    F32::store(out + j, F32::add(a, F32::load(bias + j)));
+    F32::store(out + j + W, F32::add(b, F32::load(bias + j + W)));
+  }
+}
+
 // One tile of either format: rows × vecs column vectors starting at column vector v.
 template <int R, int P, bool kPrefetch>
 inline void tile(const float* x, int ldx, const LinearWeights<float>& lin, int v, int k0, int k1,
@@ -806,7 +855,15 @@ inline void linear_decode(const float* x, const LinearWeights<float>& lin, float
   const int tail = lin.d_out - (nvec - 1) * W;
   auto run = [&](auto vecs_c, int v) {
     constexpr int P = decltype(vecs_c)::value;
-    tile<1, P, true>(x, lin.d_in, lin, v, 0, lin.d_in, true, out, lin.d_out, v + P == nvec ? tail : W);
+    const int last = v + P == nvec ? tail : W;
+    if constexpr (P % 2 == 0) {
+      if (lin.packed.format == WeightFormat::bf16 && last == W) {
+        bf16_decode_pairs<P>(x, static_cast<const uint16_t*>(lin.packed.data) + v * W, lin.d_out,
+                             lin.d_in, lin.b + v * W, out + v * W);
+        return;
+      }
+    }
+    tile<1, P, true>(x, lin.d_in, lin, v, 0, lin.d_in, true, out, lin.d_out, last);
   };
   for_each_panel<kDecodeVecs>(v0, v1, run);
 }
