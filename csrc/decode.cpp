@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <stdexcept>
 
 namespace gpt2gen {
@@ -53,6 +54,28 @@ size_t physical_memory_bytes() {
   return size_t(sysconf(_SC_PHYS_PAGES)) * size_t(sysconf(_SC_PAGE_SIZE));
 }
 
+namespace {
+
+// What a generation may plan to use: physical memory, or less under a memory limit of this
+// process's cgroup (a container), where pages past the limit would get the process OOM-killed
+// later instead of refused now. ("max", cgroup v2's "no limit", does not parse as a number.)
+struct MemoryBudget {
+  size_t bytes;
+  const char* owner;
+};
+
+MemoryBudget memory_budget() {
+  MemoryBudget budget{physical_memory_bytes(), "this machine's"};
+  for (const char* path : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream file(path);
+    unsigned long long limit = 0;
+    if (file >> limit && limit < budget.bytes) budget = {size_t(limit), "this cgroup's limit of"};
+  }
+  return budget;
+}
+
+}  // namespace
+
 template <typename T>
 void check_memory(const Weights<T>& weights, const std::vector<size_t>& prompt_lengths,
                   const GenerationOptions& options) {
@@ -65,10 +88,10 @@ void check_memory(const Weights<T>& weights, const std::vector<size_t>& prompt_l
   const int rows = max_rows(prompt_lengths, weights.n_ctx, options.slide_context);
   bytes += Workspace<T>::bytes(weights, rows, max_capacity) +
            2 * sizeof(T) * size_t(weights.n_vocab) * prompt_lengths.size();
-  if (bytes > physical_memory_bytes())
+  const MemoryBudget budget = memory_budget();
+  if (bytes > budget.bytes)
     throw std::length_error("this generation would need " + gib(bytes) + " for its KV cache and "
-                            "activations, more than this machine's " +
-                            gib(physical_memory_bytes()));
+                            "activations, more than " + budget.owner + " " + gib(budget.bytes));
 }
 
 template <typename T>

@@ -99,12 +99,17 @@ struct Workspace {
 
   Workspace(const Weights<T>& w, int max_rows, int max_capacity)
       : x(size_t(max_rows) * w.n_embd), h(x.size()), h2(x.size()), qkv(3 * x.size()),
-        att(x.size()), mlp(size_t(max_rows) * w.d_ff()),
-        scores(size_t(w.n_layer() > 0 ? w.n_head : 0) * max_capacity) {}
+        att(x.size()), mlp(size_t(max_rows) * w.d_ff()), scores(score_count(w, max_capacity)) {}
 
   static size_t bytes(const Weights<T>& w, int max_rows, int max_capacity) {
     return sizeof(T) * (size_t(max_rows) * (7 * size_t(w.n_embd) + w.d_ff()) +
-                        size_t(w.n_head) * max_capacity);
+                        score_count(w, max_capacity));
+  }
+
+ private:
+  // Attention scores, one row of cached positions per head (no blocks: no attention).
+  static size_t score_count(const Weights<T>& w, int max_capacity) {
+    return size_t(w.n_layer() > 0 ? w.n_head : 0) * max_capacity;
   }
 };
 

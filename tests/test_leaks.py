@@ -184,7 +184,8 @@ def _physical_gib() -> float:
 
 def _refused(call) -> float:
     """The GiB a refused request says it needs (more than the machine has)."""
-    with pytest.raises(ValueError, match=r"would need [\d.]+ GiB .* more than this machine's [\d.]+ GiB") as info:
+    with pytest.raises(ValueError, match=r"would need [\d.]+ GiB .* more than this (machine's|cgroup's limit "
+                                         r"of) [\d.]+ GiB") as info:
         call()
     needed = _needed_gib(str(info.value))
     assert needed > _physical_gib()
