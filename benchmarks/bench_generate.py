@@ -53,6 +53,10 @@ N_VOCAB, N_CTX = 50257, 1024
 ENGINES = ["gpt2gen", "gpt2gen_bf16", "gpt2gen_int8", "numpy_kv", "numpy_full", "transformers"]
 PACKED = {"gpt2gen_bf16": "bf16", "gpt2gen_int8": "int8"}
 GEN_TOKENS = 64  # the "generation of 64 tokens" measurement
+# OpenBLAS's and torch's worker threads keep spinning for a while after a call, taking the cores
+# from whatever runs next (measured: gpt2gen's prefill right after the sgemv probe ran at half
+# speed, normal after a 0.5 s pause); each engine starts after this pause.
+SETTLE_S = 1.0
 # llama.cpp (llama-bench) on this machine, GPT-2 124M, 2 threads, as measured for issue #6 (tok/s).
 LLAMA_CPP = {"f32": {"prefill": 574, "decode": 73}, "f16": {"prefill": 757, "decode": 147},
              "q8_0": {"prefill": 876, "decode": 185}}
@@ -441,6 +445,7 @@ def main():
         raw = {name: [] for name in engines}
         for rep in range(args.repeats):
             for name in engines:
+                time.sleep(SETTLE_S)
                 raw[name].append(measure_engine(name, runners.get(name), batch_runners.get(name),
                                                 params, n_head, args, p32, p128, batch8, rep == 0))
             bw_runs.append(bandwidth_probe(probe_array))
