@@ -108,8 +108,19 @@ inline void for_each_panel(int v0, int v1, Run&& run) {
 }
 
 #if GPT2GEN_SIMD_F32
-// --- weights of any format as float32 vectors, and the row-streaming decode product ----------
-namespace weights {
+// --- linear for weights of any format (float32, bf16, int8) with explicit SIMD (AVX-512 or AVX2)
+// The weights are converted to float32 in registers as they stream in: bf16 is a 16-bit shift of
+// the zero-extended bits, int8 a sign extension and a conversion. Activations and every
+// accumulation stay float32 (no vdpbf16ps / VNNI: they would round the activations).
+//
+// Canonical order of every output element (one ISA; the same for every row count, tiling and
+// thread count):
+//   float, bf16:  acc = 0; acc = fma(x[k], w[k, j], acc) for k in order; out = acc + b[j].
+//   int8:         acc = 0; for each block of 32 rows of w in order:
+//                   s = 0; s = fma(x[k], q[k, j], s) for k in the block in order;
+//                   acc = fma(scale[block, j], s, acc);
+//                 out = acc + b[j].
+namespace simd_linear {
 
 // Register tiles: the loops over rows and vectors must unroll fully so arrays stay in registers.
 #define GPT2GEN_UNROLL _Pragma("GCC unroll 32")
@@ -159,8 +170,8 @@ inline V load_w(const E* p, int n) {
 }
 
 // Build-time knobs for A/B runs with benchmarks/ab_micro.py (defaults are the measured choice):
-// GPT2GEN_DECODE_MODE 1 = row streaming (below), 0 = register panels of GPT2GEN_DECODE_VECS
-// vectors with software prefetch GPT2GEN_PREFETCH_ROWS ahead (f32::linear_decode). At one thread
+// GPT2GEN_DECODE_MODE 1 = row streaming (below), 0 = register panels of kDecodeVecs
+// vectors with software prefetch kPrefetchRows ahead (linear_decode). At one thread
 // 16-vector panels without prefetch and 8-row streaming were within noise of each other; 24-vector
 // panels were 20-50% slower, with or without prefetch.
 #ifndef GPT2GEN_DECODE_MODE
@@ -265,69 +276,73 @@ inline void linear_stream(const float* x, int n, const E* w, const float* b, int
   }
 }
 
-}  // namespace weights
-
-// --- float32 with explicit SIMD (AVX-512 or AVX2) ---------------------------------------------
-namespace f32 {
-
-using simd::F32;
-using V = F32::V;
-using Mask = F32::Mask;
-constexpr int W = F32::W;
-
-// linear, canonical order of every output element, whatever the tiling, the row count or the
-// thread count:  acc = 0;  acc = fma(x[r, k], w[k, j], acc) for k = 0 .. d_in − 1;  out = acc + b[j].
-#ifndef GPT2GEN_DECODE_VECS
-#define GPT2GEN_DECODE_VECS (W == 16 ? 24 : 12)
+#ifndef GPT2GEN_PF_HINT  // -DGPT2GEN_PF_HINT=_MM_HINT_NTA to try non-temporal prefetch of weights
+#define GPT2GEN_PF_HINT _MM_HINT_T0
 #endif
-#ifndef GPT2GEN_PREFETCH_ROWS
-#define GPT2GEN_PREFETCH_ROWS 8
-#endif
-constexpr int kDecodeVecs = GPT2GEN_DECODE_VECS;  // n = 1: 1 row × 24 (12) vectors of columns
+constexpr int kLine = 64;
+// Prefetch the panel row `rows` rows ahead: every cache line of P vectors of E.
+template <typename E, int P>
+inline void prefetch_row(const E* row) {
+  for (int off = 0; off < int(P * W * sizeof(E)); off += kLine)
+    _mm_prefetch(reinterpret_cast<const char*>(row) + off, GPT2GEN_PF_HINT);
+}
+
+constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vectors of columns
 constexpr int kTileRows = W == 16 ? 6 : 4;      // n > 1: 6 (4) rows × 4 (3) vectors
 constexpr int kTileVecs = W == 16 ? 4 : 3;
-constexpr int kKBlock = 256;                    // rows of w per pass over the tile's x rows
-constexpr int kPrefetchRows = GPT2GEN_PREFETCH_ROWS;  // decode: prefetch w rows ahead (0: off)
+constexpr int kKBlock = 256;                    // rows of w per pass (a multiple of kQuantBlock)
+static_assert(kKBlock % kQuantBlock == 0, "k-blocks must hold whole quantization blocks");
+template <typename E>  // decode: prefetch distance in rows of w (~8-12 KB ahead of a 24-vector panel)
+constexpr int kPrefetchRows = sizeof(E) == 4 ? 8 : sizeof(E) == 2 ? 12 : 24;
 
-// out[r, p·W + lane] (+)= Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane] for R rows and P column
-// vectors, the last vector masked by `last` if kTail. Starting at k0 > 0 continues the partial
-// sums kept in out (stored as the float accumulator, so exactly); bias, if given, is added at the
-// end. Registers: R·P accumulators, R broadcasts of x, one vector of w.
-template <int R, int P, bool kPrefetch, bool kTail>
-inline void linear_tile(const float* x, int ldx, const float* w, int ldw, int k0, int k1,
-                        const float* bias, float* out, int ldo, Mask last) {
-  auto load = [last](const float* p, int vec) {
-    return kTail && vec == P - 1 ? F32::load(p, last) : F32::load(p);
-  };
+// acc[r][p] = fma(x[r, k], w[k, p·W + lane], acc[r][p]) for one row k of w (wk), converting each
+// weight vector once. One row of x (decode): convert and use each vector at once (P + 2
+// registers); several: convert the P vectors first, then one broadcast of x per row.
+template <int R, int P, typename E>
+inline void row_step(const float* x, int ldx, int k, const E* wk, int last, V (&acc)[R][P]) {
+  if constexpr (R == 1) {
+    const V xv = F32::set1(x[k]);
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p)
+      acc[0][p] = F32::fma(xv, p == P - 1 ? load_w(wk + p * W, last) : load_w(wk + p * W), acc[0][p]);
+  } else {
+    V wv[P];
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p) wv[p] = p == P - 1 ? load_w(wk + p * W, last) : load_w(wk + p * W);
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const V xv = F32::set1(x[size_t(r) * ldx + k]);
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p], acc[r][p]);
+    }
+  }
+}
+
+// float or bf16: out[r, p·W + lane] (+)= Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane] for R rows and
+// P column vectors, the last one holding `last` columns; partial sums continue from out (stored
+// as the float accumulator, so exactly) when k0 > 0; bias, if given, is added at the end.
+template <int R, int P, bool kPrefetch, typename E>
+inline void dense_tile(const float* x, int ldx, const E* w, int ldw, int k0, int k1,
+                       const float* bias, float* out, int ldo, int last) {
+  const Mask m = F32::mask(last);
   V acc[R][P];
   GPT2GEN_UNROLL
   for (int r = 0; r < R; ++r) {
     GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p)
-      acc[r][p] = k0 == 0 ? F32::zero() : load(out + size_t(r) * ldo + p * W, p);
+      acc[r][p] = k0 == 0 ? F32::zero()
+                          : (p == P - 1 ? F32::load(out + size_t(r) * ldo + p * W, m)
+                                        : F32::load(out + size_t(r) * ldo + p * W));
   }
   for (int k = k0; k < k1; ++k) {
-    const float* wk = w + size_t(k) * ldw;
-    if constexpr (kPrefetch && kPrefetchRows > 0) {
-      GPT2GEN_UNROLL
-      for (int p = 0; p < P; ++p)
-        _mm_prefetch(reinterpret_cast<const char*>(wk + size_t(kPrefetchRows) * ldw + p * W),
-                     _MM_HINT_T0);
-    }
-    V xv[R];
-    GPT2GEN_UNROLL
-    for (int r = 0; r < R; ++r) xv[r] = F32::set1(x[size_t(r) * ldx + k]);
-    GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p) {
-      const V wv = load(wk + p * W, p);
-      GPT2GEN_UNROLL
-      for (int r = 0; r < R; ++r) acc[r][p] = F32::fma(xv[r], wv, acc[r][p]);
-    }
+    const E* wk = w + size_t(k) * ldw;
+    if constexpr (kPrefetch) prefetch_row<E, P>(wk + size_t(kPrefetchRows<E>) * ldw);
+    row_step<R, P>(x, ldx, k, wk, last, acc);
   }
   if (bias) {
     GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p) {
-      const V bv = load(bias + p * W, p);
+      const V bv = p == P - 1 ? F32::load(bias + p * W, m) : F32::load(bias + p * W);
       GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) acc[r][p] = F32::add(acc[r][p], bv);
     }
@@ -336,80 +351,189 @@ inline void linear_tile(const float* x, int ldx, const float* w, int ldw, int k0
   for (int r = 0; r < R; ++r) {
     GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p) {
-      if (kTail && p == P - 1)
-        F32::store(out + size_t(r) * ldo + p * W, acc[r][p], last);
+      if (p == P - 1)
+        F32::store(out + size_t(r) * ldo + p * W, acc[r][p], m);
       else
         F32::store(out + size_t(r) * ldo + p * W, acc[r][p]);
     }
   }
 }
 
-using TileFn = void (*)(const float*, int, const float*, int, int, int, const float*, float*, int,
-                        Mask);
-
-template <int R, bool kTail, int... Ps>
-constexpr std::array<TileFn, sizeof...(Ps)> tiles_for_rows(std::integer_sequence<int, Ps...>) {
-  return {&linear_tile<R, Ps + 1, false, kTail>...};
+// int8: the same for q with scales [blocks, ldw] (pointing at the tile's first column); k0 is a
+// multiple of kQuantBlock. The block sums live in registers, the running sums in out (exactly).
+template <int R, int P, bool kPrefetch>
+inline void int8_tile(const float* x, int ldx, const int8_t* q, const float* scales, int ldw,
+                      int k0, int k1, const float* bias, float* out, int ldo, int last) {
+  const Mask m = F32::mask(last);
+  for (int kb = k0; kb < k1; kb += kQuantBlock) {
+    const int ke = std::min(k1, kb + kQuantBlock);
+    V s[R][P];
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) {
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) s[r][p] = F32::zero();
+    }
+    for (int k = kb; k < ke; ++k) {
+      const int8_t* qk = q + size_t(k) * ldw;
+      if constexpr (kPrefetch) prefetch_row<int8_t, P>(qk + size_t(kPrefetchRows<int8_t>) * ldw);
+      row_step<R, P>(x, ldx, k, qk, last, s);
+    }
+    const float* sc = scales + size_t(kb / kQuantBlock) * ldw;
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p) {
+      const bool tail = p == P - 1;
+      const V scv = tail ? F32::load(sc + p * W, m) : F32::load(sc + p * W);
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) {
+        float* o = out + size_t(r) * ldo + p * W;
+        V acc = kb == 0 ? F32::zero() : (tail ? F32::load(o, m) : F32::load(o));
+        acc = F32::fma(scv, s[r][p], acc);
+        if (kb + kQuantBlock >= k1 && bias)
+          acc = F32::add(acc, tail ? F32::load(bias + p * W, m) : F32::load(bias + p * W));
+        if (tail)
+          F32::store(o, acc, m);
+        else
+          F32::store(o, acc);
+      }
+    }
+  }
 }
-template <bool kTail, int... Rs>
+
+// bf16 decode, P (even) full column vectors: each 2·W-column load is split without shuffles into
+// its even columns (the low halves shifted up) and odd columns (the high halves masked), so a
+// pair of vectors costs one load, a shift, an and and two FMAs; the two accumulators are
+// interleaved back into column order at the end. Each output gets the same FMAs in the same order
+// as dense_tile<1, P>, so the results are identical.
+template <int P>
+inline void bf16_decode_pairs(const float* x, const uint16_t* w, int ldw, int d_in, const float* bias,
+                              float* out) {
+  static_assert(P % 2 == 0, "columns come in pairs of vectors");
+  constexpr int Q = P / 2;
+  V even[Q], odd[Q];
+  GPT2GEN_UNROLL
+  for (int q = 0; q < Q; ++q) even[q] = odd[q] = F32::zero();
+  for (int k = 0; k < d_in; ++k) {
+    const uint16_t* wk = w + size_t(k) * ldw;
+    prefetch_row<uint16_t, P>(wk + size_t(kPrefetchRows<uint16_t>) * ldw);
+    const V xv = F32::set1(x[k]);
+    GPT2GEN_UNROLL
+    for (int q = 0; q < Q; ++q) {
+#if defined(__AVX512F__)
+      const __m512i u = _mm512_loadu_si512(wk + q * 2 * W);
+      const V lo = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+      const V hi = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(int(0xFFFF0000u))));
+#else
+      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + q * 2 * W));
+      const V lo = _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+      const V hi = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(int(0xFFFF0000u))));
+#endif
+      even[q] = F32::fma(xv, lo, even[q]);
+      odd[q] = F32::fma(xv, hi, odd[q]);
+    }
+  }
+  GPT2GEN_UNROLL
+  for (int q = 0; q < Q; ++q) {
+#if defined(__AVX512F__)
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const V a = _mm512_permutex2var_ps(even[q], first, odd[q]);
+    const V b = _mm512_permutex2var_ps(even[q], second, odd[q]);
+#else
+    const V lo = _mm256_unpacklo_ps(even[q], odd[q]), hi = _mm256_unpackhi_ps(even[q], odd[q]);
+    const V a = _mm256_permute2f128_ps(lo, hi, 0x20), b = _mm256_permute2f128_ps(lo, hi, 0x31);
+#endif
+    const int j = q * 2 * W;
+    F32::store(out + j, F32::add(a, F32::load(bias + j)));
+    F32::store(out + j + W, F32::add(b, F32::load(bias + j + W)));
+  }
+}
+
+// One tile of any format: rows × vecs column vectors starting at column vector v.
+template <int R, int P, bool kPrefetch>
+inline void tile(const float* x, int ldx, const LinearWeights<float>& lin, int v, int k0, int k1,
+                 bool with_bias, float* out, int ldo, int last) {
+  const int j0 = v * W;
+  const float* bias = with_bias ? lin.b + j0 : nullptr;
+  if (lin.packed.format == WeightFormat::native)
+    dense_tile<R, P, kPrefetch>(x, ldx, lin.w + j0, lin.d_out, k0, k1, bias, out + j0, ldo, last);
+  else if (lin.packed.format == WeightFormat::bf16)
+    dense_tile<R, P, kPrefetch>(x, ldx, static_cast<const uint16_t*>(lin.packed.data) + j0, lin.d_out,
+                                k0, k1, bias, out + j0, ldo, last);
+  else
+    int8_tile<R, P, kPrefetch>(x, ldx, static_cast<const int8_t*>(lin.packed.data) + j0,
+                               lin.packed.scales + j0, lin.d_out, k0, k1, bias, out + j0, ldo, last);
+}
+
+using TileFn = void (*)(const float*, int, const LinearWeights<float>&, int, int, int, bool, float*,
+                        int, int);
+template <int R, int... Ps>
+constexpr std::array<TileFn, sizeof...(Ps)> tiles_for_rows(std::integer_sequence<int, Ps...>) {
+  return {&tile<R, Ps + 1, false>...};
+}
+template <int... Rs>
 constexpr std::array<std::array<TileFn, kTileVecs>, sizeof...(Rs)> tile_table(
     std::integer_sequence<int, Rs...>) {
-  return {tiles_for_rows<Rs + 1, kTail>(std::make_integer_sequence<int, kTileVecs>())...};
+  return {tiles_for_rows<Rs + 1>(std::make_integer_sequence<int, kTileVecs>())...};
 }
-// kTiles[tail][rows − 1][vecs − 1]
-constexpr std::array<std::array<std::array<TileFn, kTileVecs>, kTileRows>, 2> kTiles = {
-    tile_table<false>(std::make_integer_sequence<int, kTileRows>()),
-    tile_table<true>(std::make_integer_sequence<int, kTileRows>())};
+constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kTileRows>());  // [rows−1][vecs−1]
 
-// n = 1: columns vectors [v0, v1) of the thread, in panels as wide as the registers allow, each
+// n = 1: column vectors [v0, v1) of the thread in panels as wide as the registers allow, each
 // streaming its rows of w once with software prefetch.
-inline void linear_decode(const float* x, LinearWeights<float> lin, float* out, int v0, int v1) {
+inline void linear_decode(const float* x, const LinearWeights<float>& lin, float* out, int v0, int v1) {
   const int nvec = (lin.d_out + W - 1) / W;
   const int tail = lin.d_out - (nvec - 1) * W;
   auto run = [&](auto vecs_c, int v) {
     constexpr int P = decltype(vecs_c)::value;
-    if (v + P == nvec && tail < W)
-      linear_tile<1, P, true, true>(x, lin.d_in, lin.w + v * W, lin.d_out, 0, lin.d_in,
-                                    lin.b + v * W, out + v * W, lin.d_out, F32::mask(tail));
-    else
-      linear_tile<1, P, true, false>(x, lin.d_in, lin.w + v * W, lin.d_out, 0, lin.d_in,
-                                     lin.b + v * W, out + v * W, lin.d_out, F32::mask(W));
+    const int last = v + P == nvec ? tail : W;
+    if constexpr (P % 2 == 0) {
+      if (lin.packed.format == WeightFormat::bf16 && last == W) {
+        bf16_decode_pairs<P>(x, static_cast<const uint16_t*>(lin.packed.data) + v * W, lin.d_out,
+                             lin.d_in, lin.b + v * W, out + v * W);
+        return;
+      }
+    }
+    tile<1, P, true>(x, lin.d_in, lin, v, 0, lin.d_in, true, out, lin.d_out, last);
   };
   for_each_panel<kDecodeVecs>(v0, v1, run);
 }
 
 // n > 1: one panel of kTileVecs column vectors, blocked over k, every kTileRows rows of x reusing
-// the block of w from cache.
-inline void linear_panel(const float* x, int n, LinearWeights<float> lin, float* out, int panel) {
+// the (converted) block of w from cache.
+inline void linear_panel(const float* x, int n, const LinearWeights<float>& lin, float* out, int panel) {
   const int nvec = (lin.d_out + W - 1) / W;
   const int v = panel * kTileVecs;
   const int vecs = std::min(kTileVecs, nvec - v);
-  const int tail = v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W;
-  const Mask m = F32::mask(tail);
-  const auto& tiles = kTiles[tail < W];
-  const float* w = lin.w + v * W;
+  const int last = v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W;
   for (int k0 = 0; k0 < lin.d_in; k0 += kKBlock) {
     const int k1 = std::min(lin.d_in, k0 + kKBlock);
-    const float* bias = k1 == lin.d_in ? lin.b + v * W : nullptr;
     for (int r = 0; r < n; r += kTileRows) {
       const int rows = std::min(kTileRows, n - r);
-      tiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, w, lin.d_out, k0, k1, bias,
-                                 out + size_t(r) * lin.d_out + v * W, lin.d_out, m);
+      kTiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, lin, v, k0, k1, k1 == lin.d_in,
+                                 out + size_t(r) * lin.d_out, lin.d_out, last);
     }
   }
 }
 
-inline void linear(const float* x, int n, LinearWeights<float> lin, float* out) {
+inline void linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
   const int nvec = (lin.d_out + W - 1) / W;
-  if (n <= weights::kStreamMaxRows) {
+  const WeightFormat format = lin.packed.format;
+  // Up to kStreamMaxRows rows stream whole rows of w (float, bf16); int8 needs its block sums in
+  // registers, and bf16 decode panels measured as fast as streaming and faster for narrow
+  // matrices, so those decode in register panels.
+  const bool stream = n <= kStreamMaxRows && format != WeightFormat::int8 &&
+                      !(n == 1 && (format == WeightFormat::bf16 || GPT2GEN_DECODE_MODE == 0));
+  if (stream || n == 1) {
 #pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       const int v0 = int(int64_t(nvec) * t / nt), v1 = int(int64_t(nvec) * (t + 1) / nt);
-      if (n == 1 && GPT2GEN_DECODE_MODE == 0)
+      if (!stream)
         linear_decode(x, lin, out, v0, v1);
+      else if (format == WeightFormat::native)
+        linear_stream(x, n, lin.w, lin.b, lin.d_in, lin.d_out, out, v0, v1);
       else
-        weights::linear_stream(x, n, lin.w, lin.b, lin.d_in, lin.d_out, out, v0, v1);
+        linear_stream(x, n, static_cast<const uint16_t*>(lin.packed.data), lin.b, lin.d_in,
+                      lin.d_out, out, v0, v1);
     }
     return;
   }
@@ -417,6 +541,16 @@ inline void linear(const float* x, int n, LinearWeights<float> lin, float* out) 
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
   for (int p = 0; p < n_panels; ++p) linear_panel(x, n, lin, out, p);
 }
+
+}  // namespace simd_linear
+
+// --- float32 with explicit SIMD (AVX-512 or AVX2) ---------------------------------------------
+namespace f32 {
+
+using simd::F32;
+using V = F32::V;
+using Mask = F32::Mask;
+constexpr int W = F32::W;
 
 // unembed, canonical order of every logit: acc = 0; acc = fma(x[r, c·W:], wte[v, c·W:], acc) over
 // the vector chunks c of d in order (the last one masked); logit = F32::sum(acc).
@@ -626,286 +760,19 @@ inline void attend(const float* q, const float* k, const float* v, int n_keys, i
 #endif  // GPT2GEN_SIMD_F32
 
 #if GPT2GEN_SIMD_F32
-// --- packed weights with explicit SIMD (AVX-512 or AVX2) ----------------------------------------
-// bf16 → float32 is a 16-bit shift of the zero-extended bits; int8 → float32 is a sign extension
-// and a conversion. The weights are converted in registers as they stream in; activations and
-// every accumulation stay float32 (no vdpbf16ps / VNNI: they would round the activations).
-//
-// Canonical order of every output element (one ISA; the same for every row count, tiling and
-// thread count):
-//   linear bf16:  acc = 0; acc = fma(x[k], w[k, j], acc) for k in order; out = acc + b[j].
-//   linear int8:  acc = 0; for each block of 32 rows of w in order:
-//                   s = 0; s = fma(x[k], q[k, j], s) for k in the block in order;
-//                   acc = fma(scale[block, j], s, acc);
-//                 out = acc + b[j].
+// --- packed weights with explicit SIMD (AVX-512 or AVX2): unembed ------------------------------
+// Canonical order of every logit (one ISA; the same for every row count, tiling and thread count):
 //   unembed bf16: as f32::unembed (vector lanes over d, fma over the chunks in order, F32::sum).
 //   unembed int8: lanes over d; per block of 32 columns in order: s = 0; s = fma over the block's
 //                 chunks in order; acc = fma(scale[v, block], s, acc); logit = F32::sum(acc).
 namespace simd_packed {
 
-using weights::load_w;
+using simd_linear::load_w;
 
 using simd::F32;
 using V = F32::V;
 using Mask = F32::Mask;
 constexpr int W = F32::W;
-
-#ifndef GPT2GEN_PF_HINT  // -DGPT2GEN_PF_HINT=_MM_HINT_NTA to try non-temporal prefetch of weights
-#define GPT2GEN_PF_HINT _MM_HINT_T0
-#endif
-constexpr int kLine = 64;
-// Prefetch the panel row `rows` rows ahead: every cache line of P vectors of E.
-template <typename E, int P>
-inline void prefetch_row(const E* row) {
-  for (int off = 0; off < int(P * W * sizeof(E)); off += kLine)
-    _mm_prefetch(reinterpret_cast<const char*>(row) + off, GPT2GEN_PF_HINT);
-}
-
-constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vectors of columns
-constexpr int kTileRows = W == 16 ? 6 : 4;      // n > 1: 6 (4) rows × 4 (3) vectors
-constexpr int kTileVecs = W == 16 ? 4 : 3;
-constexpr int kKBlock = 256;                    // rows of w per pass (a multiple of kQuantBlock)
-static_assert(kKBlock % kQuantBlock == 0, "k-blocks must hold whole quantization blocks");
-template <typename E>
-constexpr int kPrefetchRows = sizeof(E) == 2 ? 12 : 24;  // decode: prefetch distance in rows of w
-
-// acc[r][p] = fma(x[r, k], w[k, p·W + lane], acc[r][p]) for one row k of w (wk), converting each
-// weight vector once. One row of x (decode): convert and use each vector at once (P + 2
-// registers); several: convert the P vectors first, then one broadcast of x per row.
-template <int R, int P, typename E>
-inline void row_step(const float* x, int ldx, int k, const E* wk, int last, V (&acc)[R][P]) {
-  if constexpr (R == 1) {
-    const V xv = F32::set1(x[k]);
-    GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p)
-      acc[0][p] = F32::fma(xv, p == P - 1 ? load_w(wk + p * W, last) : load_w(wk + p * W), acc[0][p]);
-  } else {
-    V wv[P];
-    GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p) wv[p] = p == P - 1 ? load_w(wk + p * W, last) : load_w(wk + p * W);
-    GPT2GEN_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const V xv = F32::set1(x[size_t(r) * ldx + k]);
-      GPT2GEN_UNROLL
-      for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p], acc[r][p]);
-    }
-  }
-}
-
-// bf16: out[r, p·W + lane] (+)= Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane] for R rows and P column
-// vectors, the last one holding `last` columns; partial sums continue from out when k0 > 0.
-template <int R, int P, bool kPrefetch>
-inline void bf16_tile(const float* x, int ldx, const uint16_t* w, int ldw, int k0, int k1,
-                      const float* bias, float* out, int ldo, int last) {
-  const Mask m = F32::mask(last);
-  V acc[R][P];
-  GPT2GEN_UNROLL
-  for (int r = 0; r < R; ++r) {
-    GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p)
-      acc[r][p] = k0 == 0 ? F32::zero()
-                          : (p == P - 1 ? F32::load(out + size_t(r) * ldo + p * W, m)
-                                        : F32::load(out + size_t(r) * ldo + p * W));
-  }
-  for (int k = k0; k < k1; ++k) {
-    const uint16_t* wk = w + size_t(k) * ldw;
-    if constexpr (kPrefetch) prefetch_row<uint16_t, P>(wk + size_t(kPrefetchRows<uint16_t>) * ldw);
-    row_step<R, P>(x, ldx, k, wk, last, acc);
-  }
-  if (bias) {
-    GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p) {
-      const V bv = p == P - 1 ? F32::load(bias + p * W, m) : F32::load(bias + p * W);
-      GPT2GEN_UNROLL
-      for (int r = 0; r < R; ++r) acc[r][p] = F32::add(acc[r][p], bv);
-    }
-  }
-  GPT2GEN_UNROLL
-  for (int r = 0; r < R; ++r) {
-    GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p) {
-      if (p == P - 1)
-        F32::store(out + size_t(r) * ldo + p * W, acc[r][p], m);
-      else
-        F32::store(out + size_t(r) * ldo + p * W, acc[r][p]);
-    }
-  }
-}
-
-// int8: the same for q with scales [blocks, ldw] (pointing at the tile's first column); k0 is a
-// multiple of kQuantBlock. The block sums live in registers, the running sums in out (exactly).
-template <int R, int P, bool kPrefetch>
-inline void int8_tile(const float* x, int ldx, const int8_t* q, const float* scales, int ldw,
-                      int k0, int k1, const float* bias, float* out, int ldo, int last) {
-  const Mask m = F32::mask(last);
-  for (int kb = k0; kb < k1; kb += kQuantBlock) {
-    const int ke = std::min(k1, kb + kQuantBlock);
-    V s[R][P];
-    GPT2GEN_UNROLL
-    for (int r = 0; r < R; ++r) {
-      GPT2GEN_UNROLL
-      for (int p = 0; p < P; ++p) s[r][p] = F32::zero();
-    }
-    for (int k = kb; k < ke; ++k) {
-      const int8_t* qk = q + size_t(k) * ldw;
-      if constexpr (kPrefetch) prefetch_row<int8_t, P>(qk + size_t(kPrefetchRows<int8_t>) * ldw);
-      row_step<R, P>(x, ldx, k, qk, last, s);
-    }
-    const float* sc = scales + size_t(kb / kQuantBlock) * ldw;
-    GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p) {
-      const bool tail = p == P - 1;
-      const V scv = tail ? F32::load(sc + p * W, m) : F32::load(sc + p * W);
-      GPT2GEN_UNROLL
-      for (int r = 0; r < R; ++r) {
-        float* o = out + size_t(r) * ldo + p * W;
-        V acc = kb == 0 ? F32::zero() : (tail ? F32::load(o, m) : F32::load(o));
-        acc = F32::fma(scv, s[r][p], acc);
-        if (kb + kQuantBlock >= k1 && bias)
-          acc = F32::add(acc, tail ? F32::load(bias + p * W, m) : F32::load(bias + p * W));
-        if (tail)
-          F32::store(o, acc, m);
-        else
-          F32::store(o, acc);
-      }
-    }
-  }
-}
-
-// bf16 decode, P (even) full column vectors: each 2·W-column load is split without shuffles into
-// its even columns (the low halves shifted up) and odd columns (the high halves masked), so a
-// pair of vectors costs one load, a shift, an and and two FMAs; the two accumulators are
-// interleaved back into column order at the end. Each output gets the same FMAs in the same order
-// as bf16_tile<1, P>, so the results are identical.
-template <int P>
-inline void bf16_decode_pairs(const float* x, const uint16_t* w, int ldw, int d_in, const float* bias,
-                              float* out) {
-  static_assert(P % 2 == 0, "columns come in pairs of vectors");
-  constexpr int Q = P / 2;
-  V even[Q], odd[Q];
-  GPT2GEN_UNROLL
-  for (int q = 0; q < Q; ++q) even[q] = odd[q] = F32::zero();
-  for (int k = 0; k < d_in; ++k) {
-    const uint16_t* wk = w + size_t(k) * ldw;
-    prefetch_row<uint16_t, P>(wk + size_t(kPrefetchRows<uint16_t>) * ldw);
-    const V xv = F32::set1(x[k]);
-    GPT2GEN_UNROLL
-    for (int q = 0; q < Q; ++q) {
-#if defined(__AVX512F__)
-      const __m512i u = _mm512_loadu_si512(wk + q * 2 * W);
-      const V lo = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
-      const V hi = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(int(0xFFFF0000u))));
-#else
-      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + q * 2 * W));
-      const V lo = _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
-      const V hi = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(int(0xFFFF0000u))));
-#endif
-      even[q] = F32::fma(xv, lo, even[q]);
-      odd[q] = F32::fma(xv, hi, odd[q]);
-    }
-  }
-  GPT2GEN_UNROLL
-  for (int q = 0; q < Q; ++q) {
-#if defined(__AVX512F__)
-    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const V a = _mm512_permutex2var_ps(even[q], first, odd[q]);
-    const V b = _mm512_permutex2var_ps(even[q], second, odd[q]);
-#else
-    const V lo = _mm256_unpacklo_ps(even[q], odd[q]), hi = _mm256_unpackhi_ps(even[q], odd[q]);
-    const V a = _mm256_permute2f128_ps(lo, hi, 0x20), b = _mm256_permute2f128_ps(lo, hi, 0x31);
-#endif
-    const int j = q * 2 * W;
-    F32::store(out + j, F32::add(a, F32::load(bias + j)));
-    F32::store(out + j + W, F32::add(b, F32::load(bias + j + W)));
-  }
-}
-
-// One tile of either format: rows × vecs column vectors starting at column vector v.
-template <int R, int P, bool kPrefetch>
-inline void tile(const float* x, int ldx, const LinearWeights<float>& lin, int v, int k0, int k1,
-                 bool with_bias, float* out, int ldo, int last) {
-  const int j0 = v * W;
-  const float* bias = with_bias ? lin.b + j0 : nullptr;
-  if (lin.packed.format == WeightFormat::bf16)
-    bf16_tile<R, P, kPrefetch>(x, ldx, static_cast<const uint16_t*>(lin.packed.data) + j0, lin.d_out,
-                               k0, k1, bias, out + j0, ldo, last);
-  else
-    int8_tile<R, P, kPrefetch>(x, ldx, static_cast<const int8_t*>(lin.packed.data) + j0,
-                               lin.packed.scales + j0, lin.d_out, k0, k1, bias, out + j0, ldo, last);
-}
-
-using TileFn = void (*)(const float*, int, const LinearWeights<float>&, int, int, int, bool, float*,
-                        int, int);
-template <int R, int... Ps>
-constexpr std::array<TileFn, sizeof...(Ps)> tiles_for_rows(std::integer_sequence<int, Ps...>) {
-  return {&tile<R, Ps + 1, false>...};
-}
-template <int... Rs>
-constexpr std::array<std::array<TileFn, kTileVecs>, sizeof...(Rs)> tile_table(
-    std::integer_sequence<int, Rs...>) {
-  return {tiles_for_rows<Rs + 1>(std::make_integer_sequence<int, kTileVecs>())...};
-}
-constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kTileRows>());  // [rows−1][vecs−1]
-
-// n = 1: column vectors [v0, v1) of the thread in panels as wide as the registers allow, each
-// streaming its rows of w once with software prefetch.
-inline void linear_decode(const float* x, const LinearWeights<float>& lin, float* out, int v0, int v1) {
-  const int nvec = (lin.d_out + W - 1) / W;
-  const int tail = lin.d_out - (nvec - 1) * W;
-  auto run = [&](auto vecs_c, int v) {
-    constexpr int P = decltype(vecs_c)::value;
-    const int last = v + P == nvec ? tail : W;
-    if constexpr (P % 2 == 0) {
-      if (lin.packed.format == WeightFormat::bf16 && last == W) {
-        bf16_decode_pairs<P>(x, static_cast<const uint16_t*>(lin.packed.data) + v * W, lin.d_out,
-                             lin.d_in, lin.b + v * W, out + v * W);
-        return;
-      }
-    }
-    tile<1, P, true>(x, lin.d_in, lin, v, 0, lin.d_in, true, out, lin.d_out, last);
-  };
-  for_each_panel<kDecodeVecs>(v0, v1, run);
-}
-
-// n > 1: one panel of kTileVecs column vectors, blocked over k, every kTileRows rows of x reusing
-// the (converted) block of w from cache.
-inline void linear_panel(const float* x, int n, const LinearWeights<float>& lin, float* out, int panel) {
-  const int nvec = (lin.d_out + W - 1) / W;
-  const int v = panel * kTileVecs;
-  const int vecs = std::min(kTileVecs, nvec - v);
-  const int last = v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W;
-  for (int k0 = 0; k0 < lin.d_in; k0 += kKBlock) {
-    const int k1 = std::min(lin.d_in, k0 + kKBlock);
-    for (int r = 0; r < n; r += kTileRows) {
-      const int rows = std::min(kTileRows, n - r);
-      kTiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, lin, v, k0, k1, k1 == lin.d_in,
-                                 out + size_t(r) * lin.d_out, lin.d_out, last);
-    }
-  }
-}
-
-inline void linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
-  const int nvec = (lin.d_out + W - 1) / W;
-  // bf16 at n = 1: panels measured as fast as streaming, and faster for narrow matrices.
-  const bool bf16 = lin.packed.format == WeightFormat::bf16;
-  if (n == 1 || (bf16 && n <= weights::kStreamMaxRows)) {
-#pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int v0 = int(int64_t(nvec) * t / nt), v1 = int(int64_t(nvec) * (t + 1) / nt);
-      if (n > 1)
-        weights::linear_stream(x, n, static_cast<const uint16_t*>(lin.packed.data), lin.b, lin.d_in,
-                               lin.d_out, out, v0, v1);
-      else
-        linear_decode(x, lin, out, v0, v1);
-    }
-    return;
-  }
-  const int n_panels = (nvec + kTileVecs - 1) / kTileVecs;
-#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
-  for (int p = 0; p < n_panels; ++p) linear_panel(x, n, lin, out, p);
-}
 
 // unembed: R rows of x against NV consecutive rows of the packed wte.
 template <int R, int NV>
@@ -1116,9 +983,6 @@ inline void linear_panel(const float* x, int n, const LinearWeights<float>& lin,
 }
 
 inline void linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
-#if GPT2GEN_SIMD_F32
-  return simd_packed::linear(x, n, lin, out);
-#endif
   const int n_panels = (lin.d_out + kCols - 1) / kCols;
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
   for (int p = 0; p < n_panels; ++p)
@@ -1241,11 +1105,11 @@ void softmax(T* x, int n) {
 
 template <typename T>
 void linear(const T* x, int n, LinearWeights<T> lin, T* out) {
+#if GPT2GEN_SIMD_F32
+  if constexpr (std::is_same_v<T, float>) return simd_linear::linear(x, n, lin, out);
+#endif
   if constexpr (std::is_same_v<T, float>)
     if (lin.packed.format != WeightFormat::native) return packed::linear(x, n, lin, out);
-#if GPT2GEN_SIMD_F32
-  if constexpr (std::is_same_v<T, float>) return f32::linear(x, n, lin, out);
-#endif
   // Decode (n == 1) streams wide column panels of w; prefill and batches reuse each panel
   // of w across 4 rows of x. Both accumulate every output in the same order.
   constexpr int kDecodeCols = 16 * kLanes<T>;
