@@ -24,13 +24,8 @@ budget=${GPT2GEN_FUZZ_BUDGET:-1500}
 atheris_seconds=${GPT2GEN_ATHERIS_SECONDS:-60}
 asan_mode=${GPT2GEN_FUZZ_ASAN:-0}
 
-work=${GPT2GEN_FUZZ_DIR:-}
-if [[ -z "$work" ]]; then
-  work=$(mktemp -d "${TMPDIR:-/tmp}/gpt2gen-fuzz.XXXXXX")
-  # Removed when the pass succeeds; kept (logs, crashing inputs) when it fails.
-  trap 'status=$?; if [[ $status == 0 ]]; then rm -rf "$work"; else echo "fuzz: kept $work"; fi' EXIT
-fi
-mkdir -p "$work"
+source "$root/.ci/private_build.sh"
+make_work_dir fuzz "${GPT2GEN_FUZZ_DIR:-}"
 site=$work/site
 
 flags=(--config-settings=build-dir="$work/build")
@@ -38,7 +33,6 @@ if [[ "$asan_mode" == 1 ]]; then
   flags+=(--config-settings=cmake.define.GPT2GEN_SANITIZE=ON --config-settings=cmake.build-type=RelWithDebInfo)
 fi
 echo "== building gpt2gen into $site$([[ "$asan_mode" == 1 ]] && echo " (ASan+UBSan)")"
-source "$root/.ci/install_private.sh"
 install_private "$root" "$site" "${flags[@]}"
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 

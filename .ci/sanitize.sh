@@ -23,13 +23,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 start=$SECONDS
 
-work=${GPT2GEN_SANITIZE_DIR:-}
-if [[ -z "$work" ]]; then
-  work=$(mktemp -d "${TMPDIR:-/tmp}/gpt2gen-sanitize.XXXXXX")
-  # Removed when the pass succeeds; kept (the log, the report files) when it fails.
-  trap 'status=$?; if [[ $status == 0 ]]; then rm -rf "$work"; else echo "sanitize: kept $work"; fi' EXIT
-fi
-mkdir -p "$work"
+source "$root/.ci/private_build.sh"
+make_work_dir sanitize "${GPT2GEN_SANITIZE_DIR:-}"
 site=$work/site
 build=$work/build
 log=$work/pytest.log
@@ -50,7 +45,6 @@ done
 
 # --- build
 echo "== building gpt2gen with -DGPT2GEN_SANITIZE=ON into $site"
-source "$root/.ci/install_private.sh"
 install_private "$root" "$site" --config-settings=cmake.define.GPT2GEN_SANITIZE=ON \
   --config-settings=cmake.build-type=RelWithDebInfo --config-settings=build-dir="$build"
 core=$(ls "$site"/gpt2gen/_core*.so)
