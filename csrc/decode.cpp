@@ -50,10 +50,6 @@ const char* to_string(FinishReason reason) {
   return "none";
 }
 
-size_t physical_memory_bytes() {
-  return size_t(sysconf(_SC_PHYS_PAGES)) * size_t(sysconf(_SC_PAGE_SIZE));
-}
-
 namespace {
 
 // What a generation may plan to use: physical memory, or less under a memory limit of this
@@ -65,8 +61,10 @@ struct MemoryBudget {
 };
 
 MemoryBudget memory_budget() {
-  MemoryBudget budget{physical_memory_bytes(), "this machine's"};
-  for (const char* path : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+  const size_t physical = size_t(sysconf(_SC_PHYS_PAGES)) * size_t(sysconf(_SC_PAGE_SIZE));
+  MemoryBudget budget{physical, "this machine's"};
+  for (const char* path :
+       {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
     std::ifstream file(path);
     unsigned long long limit = 0;
     if (file >> limit && limit < budget.bytes) budget = {size_t(limit), "this cgroup's limit of"};
@@ -88,7 +86,7 @@ void check_memory(const Weights<T>& weights, const std::vector<size_t>& prompt_l
   const int rows = max_rows(prompt_lengths, weights.n_ctx, options.slide_context);
   bytes += Workspace<T>::bytes(weights, rows, max_capacity) +
            2 * sizeof(T) * size_t(weights.n_vocab) * prompt_lengths.size();
-  const MemoryBudget budget = memory_budget();
+  static const MemoryBudget budget = memory_budget();  // read once, not at every generation
   if (bytes > budget.bytes)
     throw std::length_error("this generation would need " + gib(bytes) + " for its KV cache and "
                             "activations, more than " + budget.owner + " " + gib(budget.bytes));

@@ -100,7 +100,4 @@ void forward(const Weights<T>& weights, const std::vector<int32_t>& ids, T* logi
 template <typename T>
 std::vector<double> score(const Weights<T>& weights, const std::vector<int32_t>& ids);
 
-// Memory the machine has, for refusing hopeless requests before allocating.
-size_t physical_memory_bytes();
-
 }  // namespace gpt2gen
