@@ -16,6 +16,7 @@
 #include <cstring>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace gpt2gen {
 namespace GPT2GEN_ISA_NS {
@@ -115,12 +116,19 @@ inline void for_each_panel(int v0, int v1, Run&& run) {
 //
 // Canonical order of every output element (one ISA; the same for every row count, tiling and
 // thread count):
-//   float, bf16:  acc = 0; acc = fma(x[k], w[k, j], acc) for k in order; out = acc + b[j].
+//   float, bf16:  the rows of w in segments of kSegmentRows; for each segment s:
+//                   p_s = 0; p_s = fma(x[k], w[k, j], p_s) for k in the segment in order;
+//                 out = ((p_0 + p_1) + …) + b[j].
 //   int8:         acc = 0; for each block of 32 rows of w in order:
 //                   s = 0; s = fma(x[k], q[k, j], s) for k in the block in order;
 //                   acc = fma(scale[block, j], s, acc);
 //                 out = acc + b[j].
+// The segments let threads split a decode step over contiguous rows of w (each thread streams one
+// contiguous stretch of memory, ~9% more bandwidth than column bands) without making the sum
+// depend on the thread count.
 namespace simd_linear {
+
+constexpr int kSegmentRows = 128;
 
 // Register tiles: the loops over rows and vectors must unroll fully so arrays stay in registers.
 #define GPT2GEN_UNROLL _Pragma("GCC unroll 32")
@@ -171,9 +179,7 @@ inline V load_w(const E* p, int n) {
 
 // Build-time knobs for A/B runs with benchmarks/ab_micro.py (defaults are the measured choice):
 // GPT2GEN_DECODE_MODE 1 = row streaming (below), 0 = register panels of kDecodeVecs
-// vectors with software prefetch kPrefetchRows ahead (linear_decode). At one thread
-// 16-vector panels without prefetch and 8-row streaming were within noise of each other; 24-vector
-// panels were 20-50% slower, with or without prefetch.
+// vectors with software prefetch kPrefetchRows ahead (linear_decode).
 #ifndef GPT2GEN_DECODE_MODE
 #define GPT2GEN_DECODE_MODE 1
 #endif
@@ -182,23 +188,26 @@ inline V load_w(const E* p, int n) {
 #endif
 constexpr int kStreamRows = GPT2GEN_STREAM_ROWS;
 
-// n ≤ kStreamMaxRows, row streaming: the thread's columns [v0, v1) of kStreamRows rows of w at a
-// time, all of them contiguous in memory (kStreamRows sequential streams for the prefetchers).
-// Each vector of w is loaded (and converted) once and used for the R rows of x; the partial sums
-// live in out (L1/L2), each continued by kStreamRows FMAs in k order, the bias added at the end.
-// The order per output element is linear's canonical one: acc = fma(x[k], w[k, j], acc), k
-// ascending, whatever R.
+// n ≤ kStreamMaxRows, row streaming: columns [v0, v1) of kStreamRows rows of w at a time (sequential
+// streams for the prefetchers). Each vector of w is loaded (and converted) once and used for the R
+// rows of x; the segment's partial sums live in `part` (L1/L2), each continued by kStreamRows FMAs
+// in k order, starting from zero at the segment's first row (`first`).
 constexpr int kStreamMaxRows = 8;
-// Software prefetch of the next group of rows: the thread's part of a row can be as short as
-// 1.5 KB (768 columns), too short for the hardware prefetchers to get ahead (n = 8: 1.3× faster).
+// Software prefetch of the next group of rows, except for float32 at R = 1: there the hardware
+// prefetchers keep up with the thread's contiguous stream and the prefetch instructions only take
+// load slots (decode step 11% slower with them); with more work per byte (R > 1, or bf16's
+// conversion) the hardware prefetchers fall behind (n = 8: 1.3× faster with it, bf16 decode ~8%).
 #ifndef GPT2GEN_STREAM_PF
 #define GPT2GEN_STREAM_PF 1
 #endif
 constexpr int kStreamPrefetchGroups = GPT2GEN_STREAM_PF;  // groups of kStreamRows rows ahead (0: off)
+template <int R, typename E>
+constexpr bool kStreamPrefetch = kStreamPrefetchGroups > 0 && (R > 1 || sizeof(E) < sizeof(float));
 
 template <int R, typename Rows, typename E>
 inline void linear_stream_rows(const float* __restrict x, int ldx, const E* __restrict w, int d_out,
-                               float* __restrict out, int v0, int v1, int k0, Rows rows, int last) {
+                               float* __restrict part, int v0, int v1, int k0, Rows rows, int last,
+                               bool first) {
   const size_t ld = d_out;
   w += size_t(k0) * ld;
   x += k0;
@@ -206,7 +215,7 @@ inline void linear_stream_rows(const float* __restrict x, int ldx, const E* __re
     constexpr bool kMasked = decltype(masked_c)::value;
     const Mask m = F32::mask(kMasked ? last : W);
     V wv[kStreamRows];
-    if constexpr (kStreamPrefetchGroups > 0) {
+    if constexpr (kStreamPrefetch<R, E>) {
       if (v * W * sizeof(E) % 64 == 0) {  // once per cache line
         const E* ahead = w + size_t(kStreamPrefetchGroups) * kStreamRows * ld + v * W;
         GPT2GEN_UNROLL
@@ -219,9 +228,9 @@ inline void linear_stream_rows(const float* __restrict x, int ldx, const E* __re
       wv[i] = kMasked ? load_w(w + i * ld + v * W, last) : load_w(w + i * ld + v * W);
     GPT2GEN_UNROLL
     for (int r = 0; r < R; ++r) {
-      float* o = out + size_t(r) * d_out + v * W;
+      float* o = part + size_t(r) * d_out + v * W;
       const float* xr = x + size_t(r) * ldx;
-      V acc = k0 == 0 ? F32::zero() : kMasked ? F32::load(o, m) : F32::load(o);
+      V acc = first ? F32::zero() : kMasked ? F32::load(o, m) : F32::load(o);
       GPT2GEN_UNROLL
       for (int i = 0; i < int(rows); ++i) acc = F32::fma(F32::set1(xr[i]), wv[i], acc);
       if (kMasked)
@@ -235,34 +244,28 @@ inline void linear_stream_rows(const float* __restrict x, int ldx, const E* __re
   if (last < W) step(v1 - 1, std::true_type());
 }
 
-// out[r, j] = x[r]·w[:, j] + b[j] for R rows and the column vectors [v0, v1) of w[d_in, d_out]
-// (float or bf16); `last` columns in the matrix's last vector.
+// part[r, j] = Σ_{k in segment s} x[r, k]·w[k, j] for R rows and the column vectors [v0, v1) of
+// w[d_in, d_out] (float or bf16).
 template <int R, typename E>
-inline void linear_stream(const float* x, const E* w, const float* b, int d_in, int d_out, float* out,
-                          int v0, int v1) {
+inline void linear_stream_segment(const float* x, const E* w, int d_in, int d_out, int s, float* part,
+                                  int v0, int v1) {
   if (v0 >= v1) return;
   const int nvec = (d_out + W - 1) / W;
-  const int tail = d_out - (nvec - 1) * W;
-  const int last = v1 == nvec ? tail : W;
-  int k = 0;
-  for (; k + kStreamRows <= d_in; k += kStreamRows)
-    linear_stream_rows<R>(x, d_in, w, d_out, out, v0, v1, k,
-                          std::integral_constant<int, kStreamRows>(), last);
-  if (k < d_in) linear_stream_rows<R>(x, d_in, w, d_out, out, v0, v1, k, d_in - k, last);
-  for (int r = 0; r < R; ++r)
-    for (int v = v0; v < v1; ++v) {
-      const Mask mv = F32::mask(v == nvec - 1 ? tail : W);
-      float* o = out + size_t(r) * d_out + v * W;
-      F32::store(o, F32::add(F32::load(o, mv), F32::load(b + v * W, mv)), mv);
-    }
+  const int last = v1 == nvec ? d_out - (nvec - 1) * W : W;
+  const int k0 = s * kSegmentRows, k1 = std::min(d_in, k0 + kSegmentRows);
+  int k = k0;
+  for (; k + kStreamRows <= k1; k += kStreamRows)
+    linear_stream_rows<R>(x, d_in, w, d_out, part, v0, v1, k,
+                          std::integral_constant<int, kStreamRows>(), last, k == k0);
+  if (k < k1) linear_stream_rows<R>(x, d_in, w, d_out, part, v0, v1, k, k1 - k, last, k == k0);
 }
 
-// linear_stream with the row count chosen at run time (1 ≤ n ≤ kStreamMaxRows).
+// linear_stream_segment with the row count chosen at run time (1 ≤ n ≤ kStreamMaxRows).
 template <typename E>
-inline void linear_stream(const float* x, int n, const E* w, const float* b, int d_in, int d_out,
-                          float* out, int v0, int v1) {
+inline void linear_stream_segment(const float* x, int n, const E* w, int d_in, int d_out, int s,
+                                  float* part, int v0, int v1) {
   auto run = [&](auto rows_c) {
-    linear_stream<decltype(rows_c)::value>(x, w, b, d_in, d_out, out, v0, v1);
+    linear_stream_segment<decltype(rows_c)::value>(x, w, d_in, d_out, s, part, v0, v1);
   };
   switch (n) {
     case 1: run(std::integral_constant<int, 1>()); break;
@@ -274,6 +277,21 @@ inline void linear_stream(const float* x, int n, const E* w, const float* b, int
     case 7: run(std::integral_constant<int, 7>()); break;
     default: run(std::integral_constant<int, kStreamMaxRows>()); break;
   }
+}
+
+// out[r, j] = ((part_0 + part_1) + …) + b[j] over the segments' partial sums, column vectors [v0, v1).
+inline void add_segments(const float* parts, int n_segments, int n, int d_out, const float* b,
+                         float* out, int v0, int v1) {
+  const int nvec = (d_out + W - 1) / W;
+  const size_t stride = size_t(n) * d_out;
+  for (int r = 0; r < n; ++r)
+    for (int v = v0; v < v1; ++v) {
+      const Mask m = F32::mask(v == nvec - 1 ? d_out - v * W : W);
+      const float* p = parts + size_t(r) * d_out + v * W;
+      V acc = F32::load(p, m);
+      for (int s = 1; s < n_segments; ++s) acc = F32::add(acc, F32::load(p + s * stride, m));
+      F32::store(out + size_t(r) * d_out + v * W, F32::add(acc, F32::load(b + v * W, m)), m);
+    }
 }
 
 #ifndef GPT2GEN_PF_HINT  // -DGPT2GEN_PF_HINT=_MM_HINT_NTA to try non-temporal prefetch of weights
@@ -291,7 +309,8 @@ constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vecto
 constexpr int kTileRows = W == 16 ? 6 : 4;      // n > 1: 6 (4) rows × 4 (3) vectors
 constexpr int kTileVecs = W == 16 ? 4 : 3;
 constexpr int kKBlock = 256;                    // rows of w per pass (a multiple of kQuantBlock)
-static_assert(kKBlock % kQuantBlock == 0, "k-blocks must hold whole quantization blocks");
+static_assert(kKBlock % kQuantBlock == 0 && kKBlock % kSegmentRows == 0,
+              "k-blocks must hold whole quantization blocks and segments");
 template <typename E>  // decode: prefetch distance in rows of w (~8-12 KB ahead of a 24-vector panel)
 constexpr int kPrefetchRows = sizeof(E) == 4 ? 8 : sizeof(E) == 2 ? 12 : 24;
 
@@ -318,43 +337,40 @@ inline void row_step(const float* x, int ldx, int k, const E* wk, int last, V (&
   }
 }
 
-// float or bf16: out[r, p·W + lane] (+)= Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane] for R rows and
-// P column vectors, the last one holding `last` columns; partial sums continue from out (stored
-// as the float accumulator, so exactly) when k0 > 0; bias, if given, is added at the end.
+// float or bf16: out[r, p·W + lane] for R rows and P column vectors (the last holding `last`
+// columns) over the rows [k0, k1) of w, k0 a segment boundary: each segment's sum starts at zero in
+// registers and is added to out (or is out, for the first segment); bias, if given, is added at the end.
 template <int R, int P, bool kPrefetch, typename E>
 inline void dense_tile(const float* x, int ldx, const E* w, int ldw, int k0, int k1,
                        const float* bias, float* out, int ldo, int last) {
   const Mask m = F32::mask(last);
-  V acc[R][P];
-  GPT2GEN_UNROLL
-  for (int r = 0; r < R; ++r) {
+  auto load = [&](const float* p, int p_index) { return p_index == P - 1 ? F32::load(p, m) : F32::load(p); };
+  for (int s0 = k0; s0 < k1; s0 += kSegmentRows) {
+    const int s1 = std::min(k1, s0 + kSegmentRows);
+    V acc[R][P];
     GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p)
-      acc[r][p] = k0 == 0 ? F32::zero()
-                          : (p == P - 1 ? F32::load(out + size_t(r) * ldo + p * W, m)
-                                        : F32::load(out + size_t(r) * ldo + p * W));
-  }
-  for (int k = k0; k < k1; ++k) {
-    const E* wk = w + size_t(k) * ldw;
-    if constexpr (kPrefetch) prefetch_row<E, P>(wk + size_t(kPrefetchRows<E>) * ldw);
-    row_step<R, P>(x, ldx, k, wk, last, acc);
-  }
-  if (bias) {
-    GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p) {
-      const V bv = p == P - 1 ? F32::load(bias + p * W, m) : F32::load(bias + p * W);
+    for (int r = 0; r < R; ++r) {
       GPT2GEN_UNROLL
-      for (int r = 0; r < R; ++r) acc[r][p] = F32::add(acc[r][p], bv);
+      for (int p = 0; p < P; ++p) acc[r][p] = F32::zero();
     }
-  }
-  GPT2GEN_UNROLL
-  for (int r = 0; r < R; ++r) {
+    for (int k = s0; k < s1; ++k) {
+      const E* wk = w + size_t(k) * ldw;
+      if constexpr (kPrefetch) prefetch_row<E, P>(wk + size_t(kPrefetchRows<E>) * ldw);
+      row_step<R, P>(x, ldx, k, wk, last, acc);
+    }
+    const bool add_bias = bias && s1 == k1;
     GPT2GEN_UNROLL
-    for (int p = 0; p < P; ++p) {
-      if (p == P - 1)
-        F32::store(out + size_t(r) * ldo + p * W, acc[r][p], m);
-      else
-        F32::store(out + size_t(r) * ldo + p * W, acc[r][p]);
+    for (int r = 0; r < R; ++r) {
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) {
+        float* o = out + size_t(r) * ldo + p * W;
+        V v = s0 == 0 ? acc[r][p] : F32::add(load(o, p), acc[r][p]);
+        if (add_bias) v = F32::add(v, load(bias + p * W, p));
+        if (p == P - 1)
+          F32::store(o, v, m);
+        else
+          F32::store(o, v);
+      }
     }
   }
 }
@@ -399,55 +415,6 @@ inline void int8_tile(const float* x, int ldx, const int8_t* q, const float* sca
   }
 }
 
-// bf16 decode, P (even) full column vectors: each 2·W-column load is split without shuffles into
-// its even columns (the low halves shifted up) and odd columns (the high halves masked), so a
-// pair of vectors costs one load, a shift, an and and two FMAs; the two accumulators are
-// interleaved back into column order at the end. Each output gets the same FMAs in the same order
-// as dense_tile<1, P>, so the results are identical.
-template <int P>
-inline void bf16_decode_pairs(const float* x, const uint16_t* w, int ldw, int d_in, const float* bias,
-                              float* out) {
-  static_assert(P % 2 == 0, "columns come in pairs of vectors");
-  constexpr int Q = P / 2;
-  V even[Q], odd[Q];
-  GPT2GEN_UNROLL
-  for (int q = 0; q < Q; ++q) even[q] = odd[q] = F32::zero();
-  for (int k = 0; k < d_in; ++k) {
-    const uint16_t* wk = w + size_t(k) * ldw;
-    prefetch_row<uint16_t, P>(wk + size_t(kPrefetchRows<uint16_t>) * ldw);
-    const V xv = F32::set1(x[k]);
-    GPT2GEN_UNROLL
-    for (int q = 0; q < Q; ++q) {
-#if defined(__AVX512F__)
-      const __m512i u = _mm512_loadu_si512(wk + q * 2 * W);
-      const V lo = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
-      const V hi = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(int(0xFFFF0000u))));
-#else
-      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + q * 2 * W));
-      const V lo = _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
-      const V hi = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(int(0xFFFF0000u))));
-#endif
-      even[q] = F32::fma(xv, lo, even[q]);
-      odd[q] = F32::fma(xv, hi, odd[q]);
-    }
-  }
-  GPT2GEN_UNROLL
-  for (int q = 0; q < Q; ++q) {
-#if defined(__AVX512F__)
-    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const V a = _mm512_permutex2var_ps(even[q], first, odd[q]);
-    const V b = _mm512_permutex2var_ps(even[q], second, odd[q]);
-#else
-    const V lo = _mm256_unpacklo_ps(even[q], odd[q]), hi = _mm256_unpackhi_ps(even[q], odd[q]);
-    const V a = _mm256_permute2f128_ps(lo, hi, 0x20), b = _mm256_permute2f128_ps(lo, hi, 0x31);
-#endif
-    const int j = q * 2 * W;
-    F32::store(out + j, F32::add(a, F32::load(bias + j)));
-    F32::store(out + j + W, F32::add(b, F32::load(bias + j + W)));
-  }
-}
-
 // One tile of any format: rows × vecs column vectors starting at column vector v.
 template <int R, int P, bool kPrefetch>
 inline void tile(const float* x, int ldx, const LinearWeights<float>& lin, int v, int k0, int k1,
@@ -485,13 +452,6 @@ inline void linear_decode(const float* x, const LinearWeights<float>& lin, float
   auto run = [&](auto vecs_c, int v) {
     constexpr int P = decltype(vecs_c)::value;
     const int last = v + P == nvec ? tail : W;
-    if constexpr (P % 2 == 0) {
-      if (lin.packed.format == WeightFormat::bf16 && last == W) {
-        bf16_decode_pairs<P>(x, static_cast<const uint16_t*>(lin.packed.data) + v * W, lin.d_out,
-                             lin.d_in, lin.b + v * W, out + v * W);
-        return;
-      }
-    }
     tile<1, P, true>(x, lin.d_in, lin, v, 0, lin.d_in, true, out, lin.d_out, last);
   };
   for_each_panel<kDecodeVecs>(v0, v1, run);
@@ -514,26 +474,57 @@ inline void linear_panel(const float* x, int n, const LinearWeights<float>& lin,
   }
 }
 
+// The segments' partial sums, [segments][n][d_out]; grown once per calling thread, so the decode
+// loop does not allocate.
+inline float* segment_partials(size_t count) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < count) buffer.resize(count);
+  return buffer.data();
+}
+
+#ifndef GPT2GEN_SEGMENT_SPLIT  // 1: threads split the segments (contiguous rows); 0: column bands
+#define GPT2GEN_SEGMENT_SPLIT 1
+#endif
+
 inline void linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
   const int nvec = (lin.d_out + W - 1) / W;
   const WeightFormat format = lin.packed.format;
   // Up to kStreamMaxRows rows stream whole rows of w (float, bf16); int8 needs its block sums in
-  // registers, and bf16 decode panels measured as fast as streaming and faster for narrow
-  // matrices, so those decode in register panels.
+  // registers, so it decodes in register panels.
   const bool stream = n <= kStreamMaxRows && format != WeightFormat::int8 &&
-                      !(n == 1 && (format == WeightFormat::bf16 || GPT2GEN_DECODE_MODE == 0));
-  if (stream || n == 1) {
+                      !(n == 1 && GPT2GEN_DECODE_MODE == 0);
+  if (stream) {
+    const int n_segments = (lin.d_in + kSegmentRows - 1) / kSegmentRows;
+    const size_t segment_stride = size_t(n) * lin.d_out;
+    float* parts = segment_partials(n_segments * segment_stride);
 #pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int v0 = int(int64_t(nvec) * t / nt), v1 = int(int64_t(nvec) * (t + 1) / nt);
-      if (!stream)
-        linear_decode(x, lin, out, v0, v1);
-      else if (format == WeightFormat::native)
-        linear_stream(x, n, lin.w, lin.b, lin.d_in, lin.d_out, out, v0, v1);
-      else
-        linear_stream(x, n, static_cast<const uint16_t*>(lin.packed.data), lin.b, lin.d_in,
-                      lin.d_out, out, v0, v1);
+      // Work items (column band, segment), band-major: one band gives each thread a run of whole
+      // segments; bands are added only when threads outnumber segments.
+      const int bands = GPT2GEN_SEGMENT_SPLIT ? (nt + n_segments - 1) / n_segments : nt;
+      const int items = bands * n_segments;
+      for (int i = items * t / nt; i < items * (t + 1) / nt; ++i) {
+        const int band = i / n_segments, s = i % n_segments;
+        const int v0 = int(int64_t(nvec) * band / bands), v1 = int(int64_t(nvec) * (band + 1) / bands);
+        float* part = parts + s * segment_stride;
+        if (format == WeightFormat::native)
+          linear_stream_segment(x, n, lin.w, lin.d_in, lin.d_out, s, part, v0, v1);
+        else
+          linear_stream_segment(x, n, static_cast<const uint16_t*>(lin.packed.data), lin.d_in,
+                                lin.d_out, s, part, v0, v1);
+      }
+#pragma omp barrier
+      add_segments(parts, n_segments, n, lin.d_out, lin.b, out, int(int64_t(nvec) * t / nt),
+                   int(int64_t(nvec) * (t + 1) / nt));
+    }
+    return;
+  }
+  if (n == 1) {
+#pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      linear_decode(x, lin, out, int(int64_t(nvec) * t / nt), int(int64_t(nvec) * (t + 1) / nt));
     }
     return;
   }

@@ -55,12 +55,19 @@ def test_unembed_rows_equal_rows_alone(n, d, n_vocab, threads, seed, dtype):
         np.testing.assert_array_equal(kernels.unembed(x[r : r + 1], wte)[0], batch[r])
 
 
-def test_gpt2_shaped_linear_rows_equal_rows_alone():
+# GPT-2 widths: the rows of w split into many segments (the last one partial for 1600), threads
+# taking whole segments; batches of 8 (row streaming) and 9 (register tiles).
+@pytest.mark.parametrize("d_in, d_out", [(768, 2304), (3072, 768), (1600, 4800)])
+def test_gpt2_shaped_linear_rows_equal_rows_alone(d_in, d_out):
     rng = np.random.default_rng(5)
-    for d_in, d_out in [(768, 2304), (3072, 768)]:
-        x = rng.standard_normal((9, d_in)).astype(np.float32)
-        w = (rng.standard_normal((d_in, d_out)) * 0.02).astype(np.float32)
-        b = rng.standard_normal(d_out).astype(np.float32)
-        batch = kernels.linear(x, w, b)
-        for r in range(9):
-            np.testing.assert_array_equal(kernels.linear(x[r : r + 1], w, b)[0], batch[r])
+    x = rng.standard_normal((9, d_in)).astype(np.float32)
+    w = (rng.standard_normal((d_in, d_out)) * 0.02).astype(np.float32)
+    b = rng.standard_normal(d_out).astype(np.float32)
+    gpt2gen.set_num_threads(1)
+    alone = [kernels.linear(x[r : r + 1], w, b)[0] for r in range(9)]
+    for threads in (1, 2, 3):
+        gpt2gen.set_num_threads(threads)
+        for n in (1, 8, 9):
+            batch = kernels.linear(x[:n], w, b)
+            for r in range(n):
+                np.testing.assert_array_equal(batch[r], alone[r])
