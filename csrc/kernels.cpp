@@ -1,9 +1,10 @@
 // Kernels: the math of GPT-2, one function each (declared and documented in kernels.hpp).
 //
 // Reproducibility rule: parallel work is split over output elements (columns, vocabulary rows,
-// heads, positions), never over a reduction, and every output element is accumulated in one fixed
-// order whatever the tiling. So the results do not depend on the thread count, and a row computed
-// alone (decode) is bit-identical to the same row computed in a batch (prefill).
+// heads, positions) or over fixed segments of a reduction whose partial sums are added in one
+// order (never at thread-dependent boundaries), and every output element is accumulated in one
+// fixed order whatever the tiling. So the results do not depend on the thread count, and a row
+// computed alone (decode) is bit-identical to the same row computed in a batch (prefill).
 #include "kernels.hpp"
 
 #include <omp.h>
