@@ -194,16 +194,15 @@ constexpr int kStreamRows = GPT2GEN_STREAM_ROWS;
 // rows of x; the segment's partial sums live in `part` (L1/L2), each continued by kStreamRows FMAs
 // in k order, starting from zero at the segment's first row (`first`).
 constexpr int kStreamMaxRows = 8;
-// Software prefetch of the next group of rows, except for float32 at R = 1: there the hardware
-// prefetchers keep up with the thread's contiguous stream and the prefetch instructions only take
-// load slots (decode step 11% slower with them); with more work per byte (R > 1, or bf16's
-// conversion) the hardware prefetchers fall behind (n = 8: 1.3× faster with it, bf16 decode ~8%).
+// Software prefetch of the next group of rows, for R > 1 only: at R = 1 the hardware prefetchers
+// keep up with each thread's contiguous stream (float32 decode step 11% slower with the prefetch
+// instructions, bf16 no different); with R FMAs per weight they fall behind (n = 8: 1.3× faster).
 #ifndef GPT2GEN_STREAM_PF
 #define GPT2GEN_STREAM_PF 1
 #endif
 constexpr int kStreamPrefetchGroups = GPT2GEN_STREAM_PF;  // groups of kStreamRows rows ahead (0: off)
-template <int R, typename E>
-constexpr bool kStreamPrefetch = kStreamPrefetchGroups > 0 && (R > 1 || sizeof(E) < sizeof(float));
+template <int R>
+constexpr bool kStreamPrefetch = kStreamPrefetchGroups > 0 && R > 1;
 
 template <int R, typename Rows, typename E>
 inline void linear_stream_rows(const float* __restrict x, int ldx, const E* __restrict w, int d_out,
@@ -216,7 +215,7 @@ inline void linear_stream_rows(const float* __restrict x, int ldx, const E* __re
     constexpr bool kMasked = decltype(masked_c)::value;
     const Mask m = F32::mask(kMasked ? last : W);
     V wv[kStreamRows];
-    if constexpr (kStreamPrefetch<R, E>) {
+    if constexpr (kStreamPrefetch<R>) {
       if (v * W * sizeof(E) % 64 == 0) {  // once per cache line
         const E* ahead = w + size_t(kStreamPrefetchGroups) * kStreamRows * ld + v * W;
         GPT2GEN_UNROLL
