@@ -66,10 +66,18 @@ def test_softmax(n, seed, dtype, scale):
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 13), d_in=dims, d_out=st.integers(1, 300), seed=seeds, dtype=dtypes)
+@given(n=st.integers(1, 13), d_in=st.integers(1, 300), d_out=st.integers(1, 300), seed=seeds,
+       dtype=dtypes)
 def test_linear(n, d_in, d_out, seed, dtype):
     x, w, b = rand(seed, dtype, n, d_in), rand(seed + 1, dtype, d_in, d_out), rand(seed + 2, dtype, d_out)
     close(kernels.linear(x, w, b), reference.linear(x, w, b), dtype, scale=math.sqrt(d_in))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, d_in, d_out", [(0, 300, 200), (3, 0, 200), (0, 0, 5)])
+def test_linear_of_empty_arrays(n, d_in, d_out, dtype):
+    x, w, b = rand(1, dtype, n, d_in), rand(2, dtype, d_in, d_out), rand(3, dtype, d_out)
+    np.testing.assert_array_equal(kernels.linear(x, w, b), np.broadcast_to(b, (n, d_out)))
 
 
 @settings(max_examples=30, deadline=None)

@@ -68,9 +68,10 @@ def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config, eac
     assert greedy == reference.generate(list(ids[:5]), unpack_params(packed), n_head, 40)
 
 
-# (n_embd, n_head, n_vocab): GPT-2-like widths, and widths whose matrices end in partial vectors
-# and partial quantization blocks (40 → blocks of 32 + 8; 3·40 = 120 columns = 7·16 + 8).
-@pytest.mark.parametrize("shape", [(64, 4, 500), (40, 5, 77), (72, 6, 131)])
+# (n_embd, n_head, n_vocab): GPT-2-like widths, widths whose matrices end in partial vectors
+# and partial quantization blocks (40 → blocks of 32 + 8; 3·40 = 120 columns = 7·16 + 8), and one
+# wide enough for threads to split matrices of several 128-row segments (192 → 2, 768 → 6).
+@pytest.mark.parametrize("shape", [(64, 4, 500), (40, 5, 77), (72, 6, 131), (192, 4, 300)])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_packed_batches_threads_and_cache_are_bit_identical(fmt, shape, each_backend):
     n_embd, n_head, n_vocab = shape
