@@ -337,6 +337,22 @@ inline void row_step(const float* x, int ldx, int k, const E* wk, int last, V (&
   }
 }
 
+// acc[r][p] = Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane], from zero, k in order.
+template <int R, int P, bool kPrefetch, typename E>
+inline void sum_rows(const float* x, int ldx, const E* w, int ldw, int k0, int k1, int last,
+                     V (&acc)[R][P]) {
+  GPT2GEN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    GPT2GEN_UNROLL
+    for (int p = 0; p < P; ++p) acc[r][p] = F32::zero();
+  }
+  for (int k = k0; k < k1; ++k) {
+    const E* wk = w + size_t(k) * ldw;
+    if constexpr (kPrefetch) prefetch_row<E, P>(wk + size_t(kPrefetchRows<E>) * ldw);
+    row_step<R, P>(x, ldx, k, wk, last, acc);
+  }
+}
+
 // float or bf16: out[r, p·W + lane] for R rows and P column vectors (the last holding `last`
 // columns) over the rows [k0, k1) of w, k0 a segment boundary: each segment's sum starts at zero in
 // registers and is added to out (or is out, for the first segment); bias, if given, is added at the end.
@@ -348,16 +364,7 @@ inline void dense_tile(const float* x, int ldx, const E* w, int ldw, int k0, int
   for (int s0 = k0; s0 < k1; s0 += kSegmentRows) {
     const int s1 = std::min(k1, s0 + kSegmentRows);
     V acc[R][P];
-    GPT2GEN_UNROLL
-    for (int r = 0; r < R; ++r) {
-      GPT2GEN_UNROLL
-      for (int p = 0; p < P; ++p) acc[r][p] = F32::zero();
-    }
-    for (int k = s0; k < s1; ++k) {
-      const E* wk = w + size_t(k) * ldw;
-      if constexpr (kPrefetch) prefetch_row<E, P>(wk + size_t(kPrefetchRows<E>) * ldw);
-      row_step<R, P>(x, ldx, k, wk, last, acc);
-    }
+    sum_rows<R, P, kPrefetch>(x, ldx, w, ldw, s0, s1, last, acc);
     const bool add_bias = bias && s1 == k1;
     GPT2GEN_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -384,16 +391,7 @@ inline void int8_tile(const float* x, int ldx, const int8_t* q, const float* sca
   for (int kb = k0; kb < k1; kb += kQuantBlock) {
     const int ke = std::min(k1, kb + kQuantBlock);
     V s[R][P];
-    GPT2GEN_UNROLL
-    for (int r = 0; r < R; ++r) {
-      GPT2GEN_UNROLL
-      for (int p = 0; p < P; ++p) s[r][p] = F32::zero();
-    }
-    for (int k = kb; k < ke; ++k) {
-      const int8_t* qk = q + size_t(k) * ldw;
-      if constexpr (kPrefetch) prefetch_row<int8_t, P>(qk + size_t(kPrefetchRows<int8_t>) * ldw);
-      row_step<R, P>(x, ldx, k, qk, last, s);
-    }
+    sum_rows<R, P, kPrefetch>(x, ldx, q, ldw, kb, ke, last, s);
     const float* sc = scales + size_t(kb / kQuantBlock) * ldw;
     GPT2GEN_UNROLL
     for (int p = 0; p < P; ++p) {
