@@ -244,22 +244,16 @@ REFUSAL_PEAK = """
 """
 
 
+# 10,000 prompts x 1,024 positions x 16 MiB would need ~160 GiB; refusing must not touch it.
+# B13: every prompt used to be copied into C++ (4 bytes a token) before the memory check:
+# 150,000 references to one 1,000-token array are tiny in Python, 600 MB once copied in C++
+# (and ~2.3 TiB of KV cache, so the request is refused).
 @needs_proc
 @no_asan
-def test_refusing_a_huge_batch_allocates_nothing_for_it():
-    # 10,000 prompts x 1,024 positions x 16 MiB would need ~160 GiB; refusing must not touch it.
-    report = _run(REFUSAL_PEAK.replace("PROMPTS", "[[1, 2, 3]] * 10_000").replace("N_NEW", "1000"))
-    assert "would need" in report["message"], report
-    assert report["peak_growth"] < 64 * 2**20, report
-
-
-@needs_proc
-@no_asan
-def test_refusing_a_huge_batch_of_long_prompts_copies_nothing():
-    """B13: every prompt used to be copied into C++ (4 bytes a token) before the memory check."""
-    # 150,000 references to one 1,000-token array: tiny in Python, 600 MB once copied in C++
-    # (and ~2.3 TiB of KV cache, so the request is refused).
-    report = _run(REFUSAL_PEAK.replace("PROMPTS", "[prompt] * 150_000").replace("N_NEW", "24"))
+@pytest.mark.parametrize("prompts, n_new", [("[[1, 2, 3]] * 10_000", "1000"), ("[prompt] * 150_000", "24")],
+                         ids=["many-prompts", "long-prompts-not-copied"])
+def test_refusing_a_huge_batch_allocates_nothing_for_it(prompts, n_new):
+    report = _run(REFUSAL_PEAK.replace("PROMPTS", prompts).replace("N_NEW", n_new))
     assert "would need" in report["message"], report
     assert report["peak_growth"] < 64 * 2**20, report
 

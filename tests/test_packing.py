@@ -45,17 +45,9 @@ def test_int8_blocks_bound_the_error(rows, cols, axis, seed):
     assert np.abs(q).max(initial=0) <= 127
 
 
-@pytest.fixture(params=gpt2gen.supported_backends())
-def each_backend(request):
-    previous = gpt2gen.backend()
-    gpt2gen.set_backend(request.param)
-    yield request.param
-    gpt2gen.set_backend(previous)
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("config", [(1, 32, 4, 101), (2, 48, 3, 257), (3, 64, 8, 1000), (2, 40, 5, 77)])
-def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config, each_backend):
+def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config, every_backend):
     n_layer, n_embd, n_head, n_vocab = config
     rng = np.random.default_rng(sum(config))
     params = random_params(rng, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_vocab=n_vocab, n_ctx=64)
@@ -73,7 +65,7 @@ def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config, eac
 # wide enough for threads to split matrices of several 128-row segments (192 → 2, 768 → 6).
 @pytest.mark.parametrize("shape", [(64, 4, 500), (40, 5, 77), (72, 6, 131), (192, 4, 300)])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_packed_batches_threads_and_cache_are_bit_identical(fmt, shape, each_backend):
+def test_packed_batches_threads_and_cache_are_bit_identical(fmt, shape, every_backend):
     n_embd, n_head, n_vocab = shape
     params = pack_params(random_params(np.random.default_rng(5), n_layer=2, n_embd=n_embd,
                                        n_head=n_head, n_vocab=n_vocab, n_ctx=64), fmt)
