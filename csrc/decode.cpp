@@ -1,5 +1,7 @@
 #include "decode.hpp"
 
+#include "forward_pass.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -184,9 +186,10 @@ void BatchGenerator<T>::slide(int i) {
   const size_t keep = std::max(1, weights_.n_ctx / 2);
   s.tokens.erase(s.tokens.begin(), s.tokens.end() - keep);
   s.cache.length = 0;
-  Segment<T> segment{&s.cache, s.tokens.data(), static_cast<int>(keep)};
+  Chunk<T> chunk{&s.cache, s.tokens.data(), static_cast<int>(keep)};
   T* logits = logits_.data() + size_t(i) * weights_.n_vocab;
-  kernels_.forward(weights_, &segment, 1, workspace_, false, logits);
+  const int last = chunk.n - 1;
+  forward_pass(weights_, &chunk, 1, workspace_, &last, 1, logits);
   choose(i, logits);
 }
 
@@ -198,9 +201,10 @@ std::vector<int> BatchGenerator<T>::step() {
     for (int i = 0; i < size(); ++i) {
       Sequence<T>& s = *sequences_[i];
       if (!s.active()) continue;
-      Segment<T> segment{&s.cache, s.tokens.data(), static_cast<int>(s.tokens.size())};
+      Chunk<T> chunk{&s.cache, s.tokens.data(), static_cast<int>(s.tokens.size())};
       T* logits = logits_.data() + size_t(i) * weights_.n_vocab;
-      kernels_.forward(weights_, &segment, 1, workspace_, false, logits);
+      const int last = chunk.n - 1;
+      forward_pass(weights_, &chunk, 1, workspace_, &last, 1, logits);
       choose(i, logits);
       stepped_.push_back(i);
     }
@@ -221,8 +225,10 @@ std::vector<int> BatchGenerator<T>::step() {
     batched.push_back(i);
   }
   if (!segments_.empty()) {
-    kernels_.forward(weights_, segments_.data(), static_cast<int>(segments_.size()), workspace_,
-                     false, batch_logits_.data());
+    std::vector<int> rows(segments_.size());
+    for (size_t j = 0; j < rows.size(); ++j) rows[j] = static_cast<int>(j);
+    forward_pass(weights_, segments_.data(), static_cast<int>(segments_.size()), workspace_,
+                 rows.data(), static_cast<int>(rows.size()), batch_logits_.data());
     for (size_t j = 0; j < batched.size(); ++j)
       choose(batched[j], batch_logits_.data() + j * weights_.n_vocab);
   }
@@ -255,8 +261,10 @@ void forward(const Weights<T>& weights, const std::vector<int32_t>& ids, T* logi
   const int n = static_cast<int>(ids.size());
   KVCache<T> cache(weights, n);
   Workspace<T> workspace(weights, n, n);
-  Segment<T> segment{&cache, ids.data(), n};
-  backend().kernels<T>().forward(weights, &segment, 1, workspace, true, logits);
+  Chunk<T> chunk{&cache, ids.data(), n};
+  std::vector<int> rows(n);
+  for (int i = 0; i < n; ++i) rows[i] = i;
+  forward_pass(weights, &chunk, 1, workspace, rows.data(), n, logits);
 }
 
 template <typename T>

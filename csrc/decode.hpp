@@ -71,7 +71,7 @@ class BatchGenerator {
   std::vector<T> logits_;        // row i: sequence i's logits after a prefill or a slide
   std::vector<T> batch_logits_;  // row j: the j-th sequence of a batched step
   std::vector<const T*> last_logits_;
-  std::vector<Segment<T>> segments_;
+  std::vector<Chunk<T>> segments_;
   std::vector<int> stepped_, batched_;
   bool prefilled_ = false;
 };
