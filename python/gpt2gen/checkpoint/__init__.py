@@ -21,7 +21,7 @@ and, where it applies, the tensor (its checkpoint name and its key path in ``par
 """
 
 from .config import load_hparams
-from .errors import CheckpointDownloadError, CheckpointError
+from .errors import CheckpointDownloadError, CheckpointError, PickleNotAllowedError
 from .hub import MODEL_ALIASES, MODEL_FILES, MODEL_REPOS, resolve_model_dir
 from .loader import load_checkpoint, load_pretrained
 from .safetensors_file import SafetensorsFile, open_safetensors
@@ -30,6 +30,7 @@ from .to_params import checkpoint_to_params, expected_tensors
 __all__ = [
     "CheckpointError",
     "CheckpointDownloadError",
+    "PickleNotAllowedError",
     "MODEL_REPOS",
     "MODEL_ALIASES",
     "MODEL_FILES",

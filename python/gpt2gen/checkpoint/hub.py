@@ -39,6 +39,13 @@ def resolve_model_dir(
     path = Path(os.fspath(name_or_path)).expanduser()
     if path.is_dir():
         return path
+    if (
+        path.is_file()
+    ):  # e.g. model.safetensors itself: the directory holding it is meant
+        raise CheckpointError(
+            f"{os.fspath(name_or_path)!r} is a file, not a model directory: pass the directory "
+            f"that holds it ({path.parent}), with {', '.join(MODEL_FILES)}"
+        )
     name = _canonical_name(os.fspath(name_or_path))
     if name is None:
         known = ", ".join(list(MODEL_REPOS) + list(MODEL_ALIASES))
@@ -64,12 +71,24 @@ def _download(name: str, models_dir: Optional[PathLike]) -> Path:
     target = Path(models_dir).expanduser() / name if models_dir is not None else None
     if target is not None and all((target / f).is_file() for f in MODEL_FILES):
         return target  # downloaded before: no network access at all
+
+    def failure(summary: str, reason: str) -> CheckpointDownloadError:
+        return CheckpointDownloadError(
+            f"{summary}\n{_download_help(name, repo_id, target)}",
+            model_name=name,
+            repo_id=repo_id,
+            files=MODEL_FILES,
+            target=target,
+            reason=reason,
+        )
+
     try:
         import huggingface_hub
     except ImportError:
-        raise CheckpointDownloadError(
+        raise failure(
             f"downloading '{name}' (Hugging Face repo {repo_id!r}) needs huggingface_hub "
-            f"(pip install huggingface_hub).\n{_download_help(name, repo_id, target)}"
+            "(pip install huggingface_hub).",
+            "huggingface_hub is not installed",
         ) from None
     kwargs: dict = {"allow_patterns": list(MODEL_FILES)}
     if target is not None:
@@ -79,18 +98,19 @@ def _download(name: str, models_dir: Optional[PathLike]) -> Path:
     except (
         Exception
     ) as e:  # offline, no route, HTTP errors, disk full, ...: all get the same help
-        reason = (str(e).strip().splitlines() or [""])[0][
-            :160
-        ]  # the hub's messages run long
-        raise CheckpointDownloadError(
-            f"could not download '{name}' from the Hugging Face Hub (repo {repo_id!r}): "
-            f"{type(e).__name__}: {reason}\n{_download_help(name, repo_id, target)}"
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        reason = (
+            f"{type(e).__name__}: {first_line[:160]}"  # the hub's messages run long
+        )
+        raise failure(
+            f"could not download '{name}' from the Hugging Face Hub (repo {repo_id!r}): {reason}",
+            reason,
         ) from e
     missing = [f for f in MODEL_FILES if not (path / f).is_file()]
     if missing:
-        raise CheckpointDownloadError(
-            f"the download of '{name}' (repo {repo_id!r}) into {path} lacks {', '.join(missing)}.\n"
-            f"{_download_help(name, repo_id, target)}"
+        raise failure(
+            f"the download of '{name}' (repo {repo_id!r}) into {path} lacks {', '.join(missing)}.",
+            f"the download lacks {', '.join(missing)}",
         )
     return path
 

@@ -19,7 +19,7 @@ from .errors import CheckpointError
 from .hub import resolve_model_dir
 from .safetensors_file import SafetensorsFile
 from .sharded import ShardedTensors
-from .to_params import checkpoint_to_params
+from .to_params import checkpoint_to_params, params_dtype
 from .torch_pickle import TorchTensors, pickle_refusal
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -46,8 +46,10 @@ def load_pretrained(
     """
     from ..packing import FORMATS, pack_params
 
-    model_dir = resolve_model_dir(name_or_path, models_dir)
     packed = dtype if isinstance(dtype, str) and dtype in FORMATS else None
+    if not packed:
+        params_dtype(dtype)  # a bad dtype is refused before anything is downloaded or read
+    model_dir = resolve_model_dir(name_or_path, models_dir)
     hparams, params = load_checkpoint(
         model_dir, allow_pickle=allow_pickle, dtype=np.float32 if packed else dtype
     )

@@ -83,13 +83,16 @@ def checkpoint_to_params(
 
 
 def params_dtype(dtype: Any) -> np.dtype:
-    """``dtype`` as a NumPy float type the params tree can be built in, or a ``CheckpointError``."""
-    dtype = np.dtype(dtype)
-    if dtype not in PARAMS_DTYPES:
-        raise CheckpointError(
-            f"dtype must be float32, float64, 'bf16' or 'int8', got {dtype}"
-        )
-    return dtype
+    """``dtype`` as a NumPy float type the params tree can be built in, or a ``CheckpointError``
+    naming the choices (also for names NumPy does not know, such as ``"fp16"``)."""
+    try:
+        resolved = np.dtype(dtype)
+    except (TypeError, ValueError):
+        resolved = None
+    if resolved is None or resolved not in PARAMS_DTYPES:
+        got = resolved if resolved is not None else repr(dtype)
+        raise CheckpointError(f"dtype must be float32, float64, 'bf16' or 'int8', got {got}")
+    return resolved
 
 
 class _CheckpointNames:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, PickleNotAllowedError
 
 
 class TorchTensors(Mapping):
@@ -37,7 +37,7 @@ class TorchTensors(Mapping):
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many kinds for corrupt or unsafe files
             raise CheckpointError(
-                f"{path}: torch.load(weights_only=True) failed: {e}"
+                f"{path}: torch.load(weights_only=True) failed: {_cause(e)}"
             ) from e
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
@@ -64,11 +64,20 @@ class TorchTensors(Mapping):
         return len(self._state)
 
 
-def pickle_refusal(path: Path) -> CheckpointError:
-    return CheckpointError(
+def _cause(error: Exception) -> str:
+    """The exception's type and message on one line; some (an empty file's EOFError) have none."""
+    message = " ".join(str(error).split())
+    if not message and isinstance(error, EOFError):
+        message = "the file ends too early (it is empty or truncated)"
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def pickle_refusal(path: Path) -> PickleNotAllowedError:
+    return PickleNotAllowedError(
         f"{path.parent}: only a pickled PyTorch checkpoint ({path.name}) was found, and it is not "
         "loaded by default because unpickling a file can execute arbitrary code. Either convert it "
         "once to model.safetensors (e.g. with transformers: "
         "GPT2LMHeadModel.from_pretrained(dir).save_pretrained(dir)), or, if you trust the file, "
-        "pass allow_pickle=True to read it with torch.load(..., weights_only=True) (needs torch)."
+        "pass allow_pickle=True to read it with torch.load(..., weights_only=True) (needs torch).",
+        path=path,
     )
