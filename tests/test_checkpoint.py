@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from random_models import leaves
 from conftest import (
     make_numpy_gpt2,
     read_safetensors_raw,
@@ -39,6 +38,7 @@ from gpt2gen.checkpoint import (
     load_hparams,
     load_pretrained,
 )
+from random_models import leaves
 
 # n_layer 0..3, n_embd 32/48/64 with n_head 2..8, vocab and context not powers of two.
 CONFIGS = [

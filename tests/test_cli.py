@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_numpy_gpt2
 
 import gpt2gen
+from conftest import make_numpy_gpt2
 from gpt2gen import GPT2
 
 

@@ -23,8 +23,8 @@ import pytest
 import gpt2gen
 from gpt2gen import _core
 from gpt2gen.engine import generation_options
-from random_models import random_params
 from isolated import run_isolated
+from random_models import random_params
 
 N_HEAD = 4
 N_THREADS = 8

@@ -51,8 +51,8 @@ from gpt2gen.tokenizer import EOT, GPT2_SPLIT_PATTERN, Tokenizer, bytes_to_unico
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import make_numpy_gpt2, save_safetensors, to_bf16_bits, write_tokenizer_files  # noqa: E402
-from random_models import random_params  # noqa: E402
 from isolated import run_isolated
+from random_models import random_params  # noqa: E402
 
 FUZZ = os.environ.get("GPT2GEN_FUZZ") == "1"
 # Set by .ci/sanitize.sh; ASan's shadow memory makes address-space limits meaningless.

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import gpt2gen
+from conftest import make_numpy_gpt2, write_tokenizer_files
 from gpt2gen import GPT2, _core, reference
 from gpt2gen.model import _TextAssembler
-from conftest import make_numpy_gpt2, write_tokenizer_files
 
 EOT_TEXT = "<|endoftext|>"
 
