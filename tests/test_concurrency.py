@@ -8,8 +8,9 @@ another thread stops one generation without disturbing the others.
 
 A ``Generation`` object (the streaming interface) may be stepped from several threads: its
 methods take a mutex (without the GIL), so each step() is whole. Before that lock it crashed
-(test_b5 below). Each step still advances every sequence, so which thread got which token is
-arbitrary; only the generation as a whole is deterministic.
+(B5 in docs/SAFETY.md; test_one_generation_stepped_from_two_threads below). Each step still
+advances every sequence, so which thread got which token is arbitrary; only the generation as a
+whole is deterministic.
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ def _run_isolated(code: str, timeout: float = 300):
     return run_isolated(code, timeout=timeout)
 
 
-def test_b5_one_generation_stepped_from_two_threads():
+def test_one_generation_stepped_from_two_threads():
     """B5: stepping one Generation from several threads used to crash (segfault) before 06f8fa0
     serialised its methods with a mutex; steps now interleave whole, so the result is the same."""
     out = _run_isolated("""
