@@ -7,7 +7,7 @@ without the GIL, so other Python threads keep running meanwhile, and a ``CancelT
 another thread stops one generation without disturbing the others.
 
 A request handle may be consumed from several threads: its methods take a mutex (without the
-GIL). Before that lock the older step-by-step interface crashed (test below).
+GIL). Before that lock the older step-by-step interface crashed (B5 in docs/SAFETY.md; test below).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import gpt2gen
 from gpt2gen import _core
 import engine_requests
 from gpt2gen.options import seeds
-from random_models import random_params
 from isolated import run_isolated
+from random_models import random_params
 
 N_HEAD = 4
 N_THREADS = 8
