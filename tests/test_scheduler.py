@@ -272,3 +272,33 @@ def test_bad_limits_are_refused(model_dir):
         GPT2.from_pretrained(model_dir, max_batch=0)
     with pytest.raises(ValueError, match="step_tokens must be >= 1"):
         GPT2.from_pretrained(model_dir, step_tokens=0)
+
+
+@pytest.mark.parametrize("fmt", ["float32", "float64", "bf16", "int8"])
+def test_every_backend_and_format_is_batch_and_chunk_invariant(fmt, every_backend):
+    """Through the scheduler with a tiny step budget (prompts split into chunks of 1-3 positions,
+    beside other sequences' decode rows) every request equals itself run alone."""
+    import engine_requests
+    from gpt2gen.options import generation_options
+    from gpt2gen.packing import pack_params
+    from random_models import random_params
+
+    dtype = np.float64 if fmt == "float64" else np.float32
+    params = random_params(np.random.default_rng(9), n_layer=2, n_embd=64, n_head=4, n_vocab=300,
+                           n_ctx=96, dtype=dtype)
+    if fmt in ("bf16", "int8"):
+        params = pack_params(params, fmt)
+    model = _core.Model(params, 4)
+    rng = np.random.default_rng(1)
+    prompts = [list(rng.integers(0, 300, n)) for n in (1, 20, 33, 7)]
+    options = generation_options(16, temperature=0.9, top_k=50, logprobs=5)
+    alone = [engine_requests.run(model, [p], 16, seeds=[i], temperature=0.9, top_k=50, logprobs=5)[0]
+             for i, p in enumerate(prompts)]
+    scheduler = _core.Scheduler(model, max_batch=3, step_tokens=3)
+    requests = []
+    for i, p in enumerate(prompts):  # arriving one by one while the others run
+        requests += scheduler.submit([p], [options], seeds=[i])
+        time.sleep(0.001)
+    together = [engine_requests.collect(r) for r in requests]
+    scheduler.shutdown()
+    assert together == alone
