@@ -10,9 +10,8 @@ import time
 import numpy as np
 import pytest
 
-import gpt2gen
-from gpt2gen import GPT2, AsyncEngine, QueueFullError, _core
 from conftest import make_numpy_gpt2
+from gpt2gen import GPT2, AsyncEngine, QueueFullError, _core
 
 # Options that exercise every per-sequence control.
 OPTION_SETS = [
