@@ -103,6 +103,14 @@ def run(args, out) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # `gpt2gen serve ...`: the HTTP server's own command line
+        try:
+            from .server.cli import main as serve
+        except ImportError as error:  # the serve extra is not installed; the message says so
+            print(f"gpt2gen: error: {error}", file=sys.stderr)
+            return 1
+        return serve(argv[1:])
     args = parse_args(argv)
     from .checkpoint import CheckpointError
 
