@@ -31,7 +31,7 @@ async def create_chat_completion(state, http_request):
     body = parse(ChatCompletionRequest, await http_request.body())
     state.check_model(body.model)
     template = template_of(state)
-    prompt = template.render([(m.role, m.text) for m in body.messages])
+    prompt = template.render([(m.role, m.content) for m in body.messages])
     ids = await state.encode(prompt, "messages")
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     if max_tokens is None:  # OpenAI's default: as much as the context leaves

@@ -11,7 +11,8 @@ import logging
 from typing import Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("gpt2gen.server")
@@ -61,6 +62,11 @@ def install(app: FastAPI) -> None:
         else:
             message, code = str(error.detail), None
         return APIError(error.status_code, message, code=code, headers=getattr(error, "headers", None)).response()
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, error: ClientDisconnect):
+        # the client left while sending its body: nobody reads the answer (nginx's "499")
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -124,19 +124,23 @@ class CompletionRequest(_Sampling):
             raise invalid("best_of", f"best_of must be null or equal to n ({self.n or 1}), got {self.best_of}")
 
 
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
-    name: Optional[str] = None
+    content: Any = Field(...)
+    name: Optional[str] = None  # accepted; the templates do not use names
 
-    @property
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+    @field_validator("content")
+    @classmethod
+    def _text(cls, value) -> str:
+        """A string, or text parts joined (OpenAI's ``[{"type": "text", "text": ...}]``)."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(
+                isinstance(p, dict) and set(p) == {"type", "text"} and p["type"] == "text"
+                and isinstance(p["text"], str) for p in value):
+            return "".join(p["text"] for p in value)
+        raise ValueError("must be a string or a list of text parts ({\"type\": \"text\", \"text\": ...}); "
+                         "GPT-2 reads text only")
 
 
 class ChatCompletionRequest(_Sampling):

@@ -11,7 +11,7 @@ async def tokenize(state, http_request) -> dict:
     body = parse(TokenizeRequest, await http_request.body())
     state.check_model(body.model)
     if body.messages is not None:
-        text = template_of(state).render([(m.role, m.text) for m in body.messages],
+        text = template_of(state).render([(m.role, m.content) for m in body.messages],
                                          add_generation_prompt=body.add_generation_prompt is not False)
         ids = await state.encode(text, "messages")
     else:
