@@ -88,10 +88,6 @@ class Group:
             raise APIError(429, f"The server is busy: its queue is full ({engine.max_queue} sequences "
                            f"waiting). Retry after {seconds} s.", code="queue_full",
                            headers={"Retry-After": str(seconds)}) from None
-        except MemoryError as error:
-            self.cancel()
-            raise invalid("max_tokens", f"This request can never fit in the server's memory: {error}",
-                          "context_length_exceeded") from None
         except (ValueError, TypeError) as error:
             self.cancel()
             raise invalid(self._field(str(error)), str(error)) from None
