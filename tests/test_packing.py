@@ -9,8 +9,15 @@ from hypothesis import strategies as st
 import gpt2gen
 from gpt2gen import _core, reference
 from gpt2gen.engine import generation_options
-from gpt2gen.packing import (QUANT_BLOCK, bf16_to_float, dequantize_int8, float_to_bf16,
-                             pack_params, quantize_int8, unpack_params)
+from gpt2gen.packing import (
+    QUANT_BLOCK,
+    bf16_to_float,
+    dequantize_int8,
+    float_to_bf16,
+    pack_params,
+    quantize_int8,
+    unpack_params,
+)
 from random_models import leaves, random_params
 
 FORMATS = ["bf16", "int8"]
