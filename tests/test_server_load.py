@@ -10,11 +10,18 @@ import random
 import httpx
 import pytest
 
-from serving import (MODEL_NAME, SLOW_MAX_TOKENS, make_model_dir, make_slow_model_dir, metric, running,
-                     wait_healthy, wait_metric)
-
 import gpt2gen
 from gpt2gen.server import ServerConfig, create_app
+from serving import (
+    MODEL_NAME,
+    SLOW_MAX_TOKENS,
+    make_model_dir,
+    make_slow_model_dir,
+    metric,
+    running,
+    wait_healthy,
+    wait_metric,
+)
 
 openai = pytest.importorskip("openai")
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import uuid
 
+from .errors import APIError
 from .generation import Group, check_prompt, finish_reason, run_to_end, sampling
 from .logprobs import TextOffsets, legacy
 from .protocol import CompletionRequest, envelope, now, parse, usage
 from .sse import DONE, EventStream, event
-from .errors import APIError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's
 

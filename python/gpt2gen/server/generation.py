@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from typing import Any, Optional
 
 import gpt2gen
 
@@ -66,7 +67,7 @@ class Group:
         self.fields = {**_FIELDS, **(fields or {})}
         self.arrived = time.perf_counter()
         if seed is not None and seed + n - 1 >= 2**64:
-            raise invalid("seed", f"seed + n - 1 must be below 2**64 (choice i uses seed + i)")
+            raise invalid("seed", "seed + n - 1 must be below 2**64 (choice i uses seed + i)")
         engine = state.engine
         if len(prompts) * n > engine.max_queue:
             raise invalid("n", f"this request asks for {len(prompts) * n} sequences (prompts x n); "

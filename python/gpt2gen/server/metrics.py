@@ -6,7 +6,14 @@ that many. Time to first token and latency are per HTTP request, from its arriva
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 FINISH_REASONS = ("length", "eos", "stop", "cancelled")  # the engine's, "cancelled" = client gone
 
