@@ -179,8 +179,12 @@ FINISH_REASONS = {"length": "length", "eos": "stop", "stop": "stop"}
 
 
 def finish_reason(completion) -> str:
+    """OpenAI's finish reason; the two ways the engine can end a request early are 503s."""
     if completion.finish_reason == "cancelled":  # the client is still there: the engine shut down
         raise APIError(503, "The generation was cancelled: the server is shutting down", code="cancelled")
+    if completion.finish_reason == "out_of_memory":
+        raise APIError(503, "The server ran out of memory for this generation; retry shortly or ask "
+                       "for fewer tokens", code="out_of_memory", headers={"Retry-After": "1"})
     return FINISH_REASONS[completion.finish_reason]
 
 
