@@ -82,6 +82,14 @@ def test_command_line_errors_are_one_line(model_dir, args, message):
     assert message in line
 
 
+def test_a_port_in_use_is_an_error(model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("serve", "--model", str(model_dir), "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 1 and "address already in use" in result.stderr
+
+
 def test_bad_arguments_are_usage_errors():
     result = run_cli("serve", "--model", "x", "--dtype", "float16")
     assert result.returncode == 2 and "invalid choice" in result.stderr
