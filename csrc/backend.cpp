@@ -1,8 +1,6 @@
 // Chooses the per-instruction-set kernel table at run time and holds the thread-count knob.
 #include "backend.hpp"
 
-#include <omp.h>
-
 #if defined(__linux__)
 #include <sched.h>
 #endif
@@ -14,6 +12,8 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#include "openmp.hpp"
 
 namespace gpt2gen {
 
@@ -39,12 +39,11 @@ std::vector<const Backend*> usable_backends() {
 #if GPT2GEN_HAVE_AVX512
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      __builtin_cpu_supports("fma"))
     out.push_back(&isa_avx512::get_backend());
 #endif
 #if GPT2GEN_HAVE_AVX2
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     out.push_back(&isa_avx2::get_backend());
 #endif
 #endif

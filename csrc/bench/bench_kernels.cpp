@@ -12,7 +12,7 @@
 // replicated and visited in rotation (like the layers of the real model) so decode figures are
 // memory-bound figures, not cache ones.
 #include <benchmark/benchmark.h>
-#include <omp.h>
+#include "openmp.hpp"
 
 #include <algorithm>
 #include <cmath>
