@@ -92,6 +92,9 @@ int physical_cores() {
 }
 
 int default_threads() {
+#ifndef _OPENMP
+  return 1;  // built without OpenMP: every parallel region runs on the calling thread
+#endif
   const char* env = std::getenv("OMP_NUM_THREADS");
   if (env && *env) return omp_get_max_threads();
   static const int cores = physical_cores();
