@@ -6,20 +6,12 @@ namespace GPT2GEN_ISA_NS {
 
 namespace {
 
+// In the order of Kernels' members: a missing one is a -Wextra warning, a misplaced one a type
+// error.
 template <typename T>
 Kernels<T> kernel_table() {
-  Kernels<T> k;
-  k.embedding = embedding<T>;
-  k.layer_norm = layer_norm<T>;
-  k.gelu = gelu<T>;
-  k.softmax = softmax<T>;
-  k.linear = linear<T>;
-  k.unembed = unembed<T>;
-  k.kv_cache_append = kv_cache_append<T>;
-  k.causal_attention = causal_attention<T>;
-  k.transformer = transformer<T>;
-  k.lm_head = lm_head<T>;
-  return k;
+  return {embedding<T>,       layer_norm<T>,       gelu<T>,        softmax<T>, linear<T>, unembed<T>,
+          kv_cache_append<T>, causal_attention<T>, transformer<T>, lm_head<T>};
 }
 
 }  // namespace

@@ -216,8 +216,8 @@ struct VectorLinear {
   static constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vectors
   static constexpr int kTileRows = W == 16 ? 6 : 4;      // n > 1: 6 (4) rows × 4 (3) vectors
   static constexpr int kTileVecs = W == 16 ? 4 : 3;
-  static constexpr int kKBlock = 256;  // rows of w per pass
-  static_assert(kKBlock % kSegmentRows == 0, "k-blocks must hold whole segments");
+  static constexpr int kPassRows = 256;  // rows of w per pass over the tiles of x's rows
+  static_assert(kPassRows % kSegmentRows == 0, "a pass must hold whole segments");
   // Decode: prefetch distance in rows of w (~8-12 KB ahead of a 24-vector panel).
   template <typename E>
   static constexpr int kPrefetchRows = sizeof(E) == 4 ? 8 : sizeof(E) == 2 ? 12 : 24;
@@ -307,7 +307,7 @@ struct VectorLinear {
   template <int R, int P, bool kPrefetch, int kBlock, typename E>
   static void scaled_tile(const float* x, int ldx, const E* q, const float* scales, int ldw,
                           int k0, int k1, const float* bias, float* out, int ldo, int last) {
-    static_assert(kKBlock % kBlock == 0, "k-blocks must hold whole scale blocks");
+    static_assert(kPassRows % kBlock == 0, "a pass must hold whole scale blocks");
     const Mask m = F32::mask(last);
     for (int kb = k0; kb < k1; kb += kBlock) {
       const int ke = std::min(k1, kb + kBlock);
@@ -377,8 +377,8 @@ struct VectorLinear {
     for_each_panel<kDecodeVecs>(v0, v1, run);
   }
 
-  // n > 1: one panel of kTileVecs column vectors, blocked over k, every kTileRows rows of x
-  // reusing the (widened) block of w from cache.
+  // n > 1: one panel of kTileVecs column vectors, in passes of kPassRows rows of w, every
+  // kTileRows rows of x reusing the pass's (widened) rows of w from cache.
   template <typename Format>
   static void panel(const float* x, int n, const LinearWeights<float>& lin, float* out,
                     int index) {
@@ -387,8 +387,8 @@ struct VectorLinear {
     const int v = index * kTileVecs;
     const int vecs = std::min(kTileVecs, nvec - v);
     const int last = v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W;
-    for (int k0 = 0; k0 < lin.d_in; k0 += kKBlock) {
-      const int k1 = std::min(lin.d_in, k0 + kKBlock);
+    for (int k0 = 0; k0 < lin.d_in; k0 += kPassRows) {
+      const int k1 = std::min(lin.d_in, k0 + kPassRows);
       for (int r = 0; r < n; r += kTileRows) {
         const int rows = std::min(kTileRows, n - r);
         kTiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, lin, v, k0, k1,

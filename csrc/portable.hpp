@@ -198,15 +198,16 @@ template <typename Format, typename T>
 void unembed(Format, const T* x, int n, const T* wte, const Packed& wte_packed, int n_vocab, int d,
              T* out) {
   const auto* values = stored_values<Format>(wte, wte_packed);
-  const int n_scales = Format::kBlock > 0 ? (d + Format::kBlock - 1) / Format::kBlock : 0;  // per row
-  // Blocks of vocabulary rows small enough to stay in cache while every x row visits them.
-  constexpr int kBlock = 64;
-  const int n_blocks = (n_vocab + kBlock - 1) / kBlock;
+  // Scales per row of wte (scaled formats).
+  const int n_scales = Format::kBlock > 0 ? (d + Format::kBlock - 1) / Format::kBlock : 0;
+  // Groups of vocabulary rows small enough to stay in cache while every x row visits them.
+  constexpr int kGroupRows = 64;
+  const int n_groups = (n_vocab + kGroupRows - 1) / kGroupRows;
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int blk = 0; blk < n_blocks; ++blk) {
-    const int v_end = std::min(n_vocab, (blk + 1) * kBlock);
+  for (int g = 0; g < n_groups; ++g) {
+    const int v_end = std::min(n_vocab, (g + 1) * kGroupRows);
     for (int r = 0; r < n; ++r)
-      for (int v = blk * kBlock; v < v_end; ++v) {
+      for (int v = g * kGroupRows; v < v_end; ++v) {
         const float* scales = Format::kBlock > 0 ? wte_packed.scales + size_t(v) * n_scales : nullptr;
         out[size_t(r) * n_vocab + v] =
             dot_row<Format>(x + size_t(r) * d, values + size_t(v) * d, scales, d);

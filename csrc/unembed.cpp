@@ -161,18 +161,18 @@ struct VectorUnembed {
   template <typename Format, int R, int NV>
   static void vocabulary_rows(const float* x, int n, const typename Format::Storage* wte,
                    const float* scales, int d, int n_vocab, float* out, int v0, int v1) {
-    // Blocks of wte rows small enough for L2 are read from memory once; inside a block, each
+    // Passes over as many wte rows as fit in L2 read them from memory once; inside a pass, each
     // tile of x rows (L1) visits every group of NV vocabulary rows.
     const int row_bytes = d * int(sizeof(typename Format::Storage));
-    const int block = std::max(NV, (256 * 1024 / (row_bytes + 1)) / NV * NV);
-    for (int b0 = v0; b0 < v1; b0 += block) {
-      const int b1 = std::min(v1, b0 + block);
+    const int pass_rows = std::max(NV, (256 * 1024 / (row_bytes + 1)) / NV * NV);
+    for (int p0 = v0; p0 < v1; p0 += pass_rows) {
+      const int p1 = std::min(v1, p0 + pass_rows);
       for (int r = 0; r < n; r += R) {
         const int tile_rows = std::min(R, n - r);
         const float* xr = x + size_t(r) * d;
         float* o = out + size_t(r) * n_vocab;
-        int v = b0;
-        for (; v + NV <= b1; v += NV) {
+        int v = p0;
+        for (; v + NV <= p1; v += NV) {
           if (tile_rows == R)
             group<Format, R, NV>(xr, wte, scales, d, v, o + v, n_vocab);
           else
@@ -180,7 +180,7 @@ struct VectorUnembed {
               group<Format, 1, NV>(xr + size_t(rr) * d, wte, scales, d, v,
                                    o + size_t(rr) * n_vocab + v, n_vocab);
         }
-        for (; v < b1; ++v)
+        for (; v < p1; ++v)
           for (int rr = 0; rr < tile_rows; ++rr)
             group<Format, 1, 1>(xr + size_t(rr) * d, wte, scales, d, v,
                                 o + size_t(rr) * n_vocab + v, n_vocab);
