@@ -30,8 +30,7 @@ struct VectorAttention {
     int c = 0;
     for (; c + W <= hd; c += W) {
       const V qv = F32::load(q + c);
-      for (int j = 0; j < NK; ++j)
-        acc[j] = F32::fma(qv, F32::load(k + size_t(j) * hd + c), acc[j]);
+      for (int j = 0; j < NK; ++j) acc[j] = F32::fma(qv, F32::load(k + size_t(j) * hd + c), acc[j]);
     }
     if (c < hd) {
       const Mask m = F32::mask(hd - c);
@@ -77,10 +76,17 @@ struct VectorAttention {
     int c = 0;
     for (; nvec - c >= 4; c += 4) weighted_values<4>(s, v, n_keys, hd, c * W, o);
     switch (nvec - c) {
-      case 3: weighted_values<3>(s, v, n_keys, hd, c * W, o); break;
-      case 2: weighted_values<2>(s, v, n_keys, hd, c * W, o); break;
-      case 1: weighted_values<1>(s, v, n_keys, hd, c * W, o); break;
-      default: break;
+      case 3:
+        weighted_values<3>(s, v, n_keys, hd, c * W, o);
+        break;
+      case 2:
+        weighted_values<2>(s, v, n_keys, hd, c * W, o);
+        break;
+      case 1:
+        weighted_values<1>(s, v, n_keys, hd, c * W, o);
+        break;
+      default:
+        break;
     }
   }
 };
@@ -123,10 +129,9 @@ void causal_attention(const T* qkv, int n, int n_embd, int n_head, int pos0, con
   }
 }
 
-#define GPT2GEN_INSTANTIATE(T)                                                                 \
-  template void kv_cache_append<T>(const T*, int, int, int, int, T*, T*, int);                 \
-  template void causal_attention<T>(const T*, int, int, int, int, const T*, const T*, int, T*, \
-                                    T*);
+#define GPT2GEN_INSTANTIATE(T)                                                 \
+  template void kv_cache_append<T>(const T*, int, int, int, int, T*, T*, int); \
+  template void causal_attention<T>(const T*, int, int, int, int, const T*, const T*, int, T*, T*);
 GPT2GEN_INSTANTIATE(float)
 GPT2GEN_INSTANTIATE(double)
 #undef GPT2GEN_INSTANTIATE

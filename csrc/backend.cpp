@@ -17,9 +17,9 @@
 
 namespace gpt2gen {
 
-#define GPT2GEN_DECLARE_ISA(isa) \
-  namespace isa_##isa {          \
-  const Backend& get_backend();  \
+#define GPT2GEN_DECLARE_ISA(isa)  \
+  namespace isa_##isa {           \
+    const Backend& get_backend(); \
   }
 GPT2GEN_DECLARE_ISA(generic)
 #if GPT2GEN_HAVE_AVX2
@@ -56,8 +56,8 @@ const Backend* find_backend(const std::string& name) {
     if (name == b->name) return b;
   std::string names;
   for (const std::string& n : supported_backends()) names += (names.empty() ? "" : ", ") + n;
-  throw std::invalid_argument("backend '" + name + "' is not available on this CPU (available: " +
-                              names + ")");
+  throw std::invalid_argument("backend '" + name +
+                              "' is not available on this CPU (available: " + names + ")");
 }
 
 const Backend* initial_backend() {

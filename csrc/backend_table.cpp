@@ -10,8 +10,9 @@ namespace {
 // error.
 template <typename T>
 Kernels<T> kernel_table() {
-  return {embedding<T>,       layer_norm<T>,       gelu<T>,        softmax<T>, linear<T>, unembed<T>,
-          kv_cache_append<T>, causal_attention<T>, transformer<T>, lm_head<T>};
+  return {
+      embedding<T>,       layer_norm<T>,       gelu<T>,        softmax<T>, linear<T>, unembed<T>,
+      kv_cache_append<T>, causal_attention<T>, transformer<T>, lm_head<T>};
 }
 
 }  // namespace

@@ -16,8 +16,8 @@ namespace GPT2GEN_ISA_NS {
 
 // out[t] = wte[ids[t]] + wpe[pos0 + t]  (wte read from wte_packed when packed)
 template <typename T>
-void embedding(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const int32_t* ids,
-               int n, int pos0, T* out);
+void embedding(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const int32_t* ids, int n,
+               int pos0, T* out);
 
 // Per row: g·(x − mean)/√(var + 1e-5) + b, biased variance.
 template <typename T>

@@ -150,14 +150,30 @@ struct VectorLinear {
       stream_segment_rows<decltype(rows_c)::value>(x, w, d_in, d_out, s, part, v0, v1);
     };
     switch (n) {
-      case 1: run(std::integral_constant<int, 1>()); break;
-      case 2: run(std::integral_constant<int, 2>()); break;
-      case 3: run(std::integral_constant<int, 3>()); break;
-      case 4: run(std::integral_constant<int, 4>()); break;
-      case 5: run(std::integral_constant<int, 5>()); break;
-      case 6: run(std::integral_constant<int, 6>()); break;
-      case 7: run(std::integral_constant<int, 7>()); break;
-      default: run(std::integral_constant<int, kStreamMaxRows>()); break;
+      case 1:
+        run(std::integral_constant<int, 1>());
+        break;
+      case 2:
+        run(std::integral_constant<int, 2>());
+        break;
+      case 3:
+        run(std::integral_constant<int, 3>());
+        break;
+      case 4:
+        run(std::integral_constant<int, 4>());
+        break;
+      case 5:
+        run(std::integral_constant<int, 5>());
+        break;
+      case 6:
+        run(std::integral_constant<int, 6>());
+        break;
+      case 7:
+        run(std::integral_constant<int, 7>());
+        break;
+      default:
+        run(std::integral_constant<int, kStreamMaxRows>());
+        break;
     }
   }
 
@@ -220,7 +236,9 @@ struct VectorLinear {
   static_assert(kPassRows % kSegmentRows == 0, "a pass must hold whole segments");
   // Decode: prefetch distance in rows of w (~8-12 KB ahead of a 24-vector panel).
   template <typename E>
-  static constexpr int kPrefetchRows = sizeof(E) == 4 ? 8 : sizeof(E) == 2 ? 12 : 24;
+  static constexpr int kPrefetchRows = sizeof(E) == 4   ? 8
+                                       : sizeof(E) == 2 ? 12
+                                                        : 24;
 
   // Prefetch every cache line of P vectors of E from row.
   template <typename E, int P>
@@ -238,8 +256,8 @@ struct VectorLinear {
       const V xv = F32::set1(x[k]);
       GPT2GEN_UNROLL
       for (int p = 0; p < P; ++p)
-        acc[0][p] = F32::fma(
-            xv, p == P - 1 ? F32::widen(wk + p * W, last) : F32::widen(wk + p * W), acc[0][p]);
+        acc[0][p] = F32::fma(xv, p == P - 1 ? F32::widen(wk + p * W, last) : F32::widen(wk + p * W),
+                             acc[0][p]);
     } else {
       V wv[P];
       GPT2GEN_UNROLL
@@ -305,8 +323,8 @@ struct VectorLinear {
   // Scaled: the same for q with scales [blocks, ldw] (pointing at the tile's first column); k0 is
   // a multiple of kBlock. The block sums live in registers, the running sums in out (exactly).
   template <int R, int P, bool kPrefetch, int kBlock, typename E>
-  static void scaled_tile(const float* x, int ldx, const E* q, const float* scales, int ldw,
-                          int k0, int k1, const float* bias, float* out, int ldo, int last) {
+  static void scaled_tile(const float* x, int ldx, const E* q, const float* scales, int ldw, int k0,
+                          int k1, const float* bias, float* out, int ldo, int last) {
     static_assert(kPassRows % kBlock == 0, "a pass must hold whole scale blocks");
     const Mask m = F32::mask(last);
     for (int kb = k0; kb < k1; kb += kBlock) {
@@ -342,8 +360,8 @@ struct VectorLinear {
     const float* bias = with_bias ? lin.b + j0 : nullptr;
     const auto* w = stored_values<Format>(lin.w, lin.packed) + j0;
     if constexpr (Format::kBlock > 0)
-      scaled_tile<R, P, kPrefetch, Format::kBlock>(x, ldx, w, lin.packed.scales + j0, lin.d_out,
-                                                   k0, k1, bias, out + j0, ldo, last);
+      scaled_tile<R, P, kPrefetch, Format::kBlock>(x, ldx, w, lin.packed.scales + j0, lin.d_out, k0,
+                                                   k1, bias, out + j0, ldo, last);
     else
       dense_tile<R, P, kPrefetch>(x, ldx, w, lin.d_out, k0, k1, bias, out + j0, ldo, last);
   }
@@ -380,8 +398,7 @@ struct VectorLinear {
   // n > 1: one panel of kTileVecs column vectors, in passes of kPassRows rows of w, every
   // kTileRows rows of x reusing the pass's (widened) rows of w from cache.
   template <typename Format>
-  static void panel(const float* x, int n, const LinearWeights<float>& lin, float* out,
-                    int index) {
+  static void panel(const float* x, int n, const LinearWeights<float>& lin, float* out, int index) {
     static constexpr auto kTiles = tile_table<Format>(std::make_integer_sequence<int, kTileRows>());
     const int nvec = (lin.d_out + W - 1) / W;
     const int v = index * kTileVecs;

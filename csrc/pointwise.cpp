@@ -113,8 +113,8 @@ void embedding_row(const typename Format::Storage* tok, const float* scales, con
 }  // namespace
 
 template <typename T>
-void embedding(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const int32_t* ids,
-               int n, int pos0, T* out) {
+void embedding(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const int32_t* ids, int n,
+               int pos0, T* out) {
   with_weight_format<T>(wte_packed.format, [&](auto format) {
     using Format = decltype(format);
     const auto* values = stored_values<Format>(wte, wte_packed);

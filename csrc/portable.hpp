@@ -147,10 +147,17 @@ inline void linear_columns(const T* x, int n, const LinearWeights<T>& lin, int j
   for (; r + R <= n; r += R)
     linear_tile<Format, T, R, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo);
   switch (n - r) {
-    case 3: linear_tile<Format, T, 3, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo); break;
-    case 2: linear_tile<Format, T, 2, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo); break;
-    case 1: linear_tile<Format, T, 1, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo); break;
-    default: break;
+    case 3:
+      linear_tile<Format, T, 3, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo);
+      break;
+    case 2:
+      linear_tile<Format, T, 2, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo);
+      break;
+    case 1:
+      linear_tile<Format, T, 1, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo);
+      break;
+    default:
+      break;
   }
 }
 
@@ -208,7 +215,8 @@ void unembed(Format, const T* x, int n, const T* wte, const Packed& wte_packed, 
     const int v_end = std::min(n_vocab, (g + 1) * kGroupRows);
     for (int r = 0; r < n; ++r)
       for (int v = g * kGroupRows; v < v_end; ++v) {
-        const float* scales = Format::kBlock > 0 ? wte_packed.scales + size_t(v) * n_scales : nullptr;
+        const float* scales =
+            Format::kBlock > 0 ? wte_packed.scales + size_t(v) * n_scales : nullptr;
         out[size_t(r) * n_vocab + v] =
             dot_row<Format>(x + size_t(r) * d, values + size_t(v) * d, scales, d);
       }

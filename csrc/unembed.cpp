@@ -146,8 +146,8 @@ struct VectorUnembed {
 
   // R rows of x against the NV vocabulary rows from v.
   template <typename Format, int R, int NV>
-  static void group(const float* x, const typename Format::Storage* wte, const float* scales,
-                    int d, int v, float* out, int ldo) {
+  static void group(const float* x, const typename Format::Storage* wte, const float* scales, int d,
+                    int v, float* out, int ldo) {
     const auto* w = wte + size_t(v) * d;
     if constexpr (Format::kBlock > 0) {
       const int n_scales = (d + Format::kBlock - 1) / Format::kBlock;  // per vocabulary row
@@ -160,7 +160,7 @@ struct VectorUnembed {
   // The vocabulary rows [v0, v1) for every row of x.
   template <typename Format, int R, int NV>
   static void vocabulary_rows(const float* x, int n, const typename Format::Storage* wte,
-                   const float* scales, int d, int n_vocab, float* out, int v0, int v1) {
+                              const float* scales, int d, int n_vocab, float* out, int v0, int v1) {
     // Passes over as many wte rows as fit in L2 read them from memory once; inside a pass, each
     // tile of x rows (L1) visits every group of NV vocabulary rows.
     const int row_bytes = d * int(sizeof(typename Format::Storage));
@@ -198,10 +198,11 @@ struct VectorUnembed {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       const int v0 = int(int64_t(n_vocab) * t / nt), v1 = int(int64_t(n_vocab) * (t + 1) / nt);
       if (n == 1)
-        vocabulary_rows<Format, 1, Tile::kDecodeVocab>(x, n, values, wte_packed.scales, d, n_vocab, out, v0, v1);
+        vocabulary_rows<Format, 1, Tile::kDecodeVocab>(x, n, values, wte_packed.scales, d, n_vocab,
+                                                       out, v0, v1);
       else
-        vocabulary_rows<Format, Tile::kRows, Tile::kVocab>(x, n, values, wte_packed.scales, d, n_vocab, out, v0,
-                                          v1);
+        vocabulary_rows<Format, Tile::kRows, Tile::kVocab>(x, n, values, wte_packed.scales, d,
+                                                           n_vocab, out, v0, v1);
     }
   }
 };
