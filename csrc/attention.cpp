@@ -76,17 +76,10 @@ struct VectorAttention {
     int c = 0;
     for (; nvec - c >= 4; c += 4) weighted_values<4>(s, v, n_keys, hd, c * W, o);
     switch (nvec - c) {
-      case 3:
-        weighted_values<3>(s, v, n_keys, hd, c * W, o);
-        break;
-      case 2:
-        weighted_values<2>(s, v, n_keys, hd, c * W, o);
-        break;
-      case 1:
-        weighted_values<1>(s, v, n_keys, hd, c * W, o);
-        break;
-      default:
-        break;
+      case 3: weighted_values<3>(s, v, n_keys, hd, c * W, o); break;
+      case 2: weighted_values<2>(s, v, n_keys, hd, c * W, o); break;
+      case 1: weighted_values<1>(s, v, n_keys, hd, c * W, o); break;
+      default: break;
     }
   }
 };

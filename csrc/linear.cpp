@@ -150,30 +150,14 @@ struct VectorLinear {
       stream_segment_rows<decltype(rows_c)::value>(x, w, d_in, d_out, s, part, v0, v1);
     };
     switch (n) {
-      case 1:
-        run(std::integral_constant<int, 1>());
-        break;
-      case 2:
-        run(std::integral_constant<int, 2>());
-        break;
-      case 3:
-        run(std::integral_constant<int, 3>());
-        break;
-      case 4:
-        run(std::integral_constant<int, 4>());
-        break;
-      case 5:
-        run(std::integral_constant<int, 5>());
-        break;
-      case 6:
-        run(std::integral_constant<int, 6>());
-        break;
-      case 7:
-        run(std::integral_constant<int, 7>());
-        break;
-      default:
-        run(std::integral_constant<int, kStreamMaxRows>());
-        break;
+      case 1: run(std::integral_constant<int, 1>()); break;
+      case 2: run(std::integral_constant<int, 2>()); break;
+      case 3: run(std::integral_constant<int, 3>()); break;
+      case 4: run(std::integral_constant<int, 4>()); break;
+      case 5: run(std::integral_constant<int, 5>()); break;
+      case 6: run(std::integral_constant<int, 6>()); break;
+      case 7: run(std::integral_constant<int, 7>()); break;
+      default: run(std::integral_constant<int, kStreamMaxRows>()); break;
     }
   }
 

@@ -147,17 +147,10 @@ inline void linear_columns(const T* x, int n, const LinearWeights<T>& lin, int j
   for (; r + R <= n; r += R)
     linear_tile<Format, T, R, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo);
   switch (n - r) {
-    case 3:
-      linear_tile<Format, T, 3, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo);
-      break;
-    case 2:
-      linear_tile<Format, T, 2, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo);
-      break;
-    case 1:
-      linear_tile<Format, T, 1, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo);
-      break;
-    default:
-      break;
+    case 3: linear_tile<Format, T, 3, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo); break;
+    case 2: linear_tile<Format, T, 2, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo); break;
+    case 1: linear_tile<Format, T, 1, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo); break;
+    default: break;
   }
 }
 

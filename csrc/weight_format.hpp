@@ -70,16 +70,14 @@ template <typename T, typename Fn>
 void with_weight_format(WeightFormat format, Fn&& f) {
   constexpr bool kFloat32 = std::is_same_v<T, float>;
   switch (format) {
-    case WeightFormat::native:
-      return f(NativeFormat<T>{});
+    case WeightFormat::native: return f(NativeFormat<T>{});
     case WeightFormat::bf16:
       if constexpr (kFloat32) return f(Bf16Format{});
       break;
     case WeightFormat::int8:
       if constexpr (kFloat32) return f(Int8Format{});
       break;
-    default:
-      throw std::invalid_argument("unknown weight format " + std::to_string(int(format)));
+    default: throw std::invalid_argument("unknown weight format " + std::to_string(int(format)));
   }
   throw std::invalid_argument("packed weights belong to float32 models only");
 }
