@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gpt2gen
 from gpt2gen import _core, _testing, reference
 
 kernels = _testing

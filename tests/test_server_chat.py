@@ -11,10 +11,18 @@ import json
 import httpx
 import pytest
 
-from serving import MODEL_NAME, make_model_dir, metric, openai_finish, running, sse_events, token_string, wait_healthy
-
 import gpt2gen
 from gpt2gen.server import ServerConfig, create_app
+from serving import (
+    MODEL_NAME,
+    make_model_dir,
+    metric,
+    openai_finish,
+    running,
+    sse_events,
+    token_string,
+    wait_healthy,
+)
 
 openai = pytest.importorskip("openai")
 

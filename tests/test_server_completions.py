@@ -13,11 +13,18 @@ import math
 import httpx
 import pytest
 
-from serving import (MODEL_NAME, legacy_logprobs, make_model_dir, openai_finish, running, sse_events,
-                     token_string, wait_healthy)
-
 import gpt2gen
 from gpt2gen.server import ServerConfig, create_app
+from serving import (
+    MODEL_NAME,
+    legacy_logprobs,
+    make_model_dir,
+    openai_finish,
+    running,
+    sse_events,
+    token_string,
+    wait_healthy,
+)
 
 openai = pytest.importorskip("openai")
 

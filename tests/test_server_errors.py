@@ -13,11 +13,18 @@ import time
 import httpx
 import pytest
 
-from serving import (MODEL_NAME, SLOW_MAX_TOKENS, make_model_dir, make_slow_model_dir, metric, running,
-                     wait_healthy, wait_metric)
-
 import gpt2gen
 from gpt2gen.server import ServerConfig, create_app
+from serving import (
+    MODEL_NAME,
+    SLOW_MAX_TOKENS,
+    make_model_dir,
+    make_slow_model_dir,
+    metric,
+    running,
+    wait_healthy,
+    wait_metric,
+)
 
 openai = pytest.importorskip("openai")
 
@@ -263,7 +270,8 @@ def test_a_full_queue_is_429_with_retry_after(slow_model):
         async def scenario():
             async with httpx.AsyncClient(timeout=120) as http:
                 async with http.stream("POST", f"{url}/v1/completions", json=long_request) as running_one:
-                    await running_one.aiter_raw().__anext__()  # generating: it holds the batch's one slot
+                    chunks = running_one.aiter_raw()  # (kept: a dropped iterator closes the response)
+                    await chunks.__anext__()  # generating: it holds the batch's one slot
                     async with http.stream("POST", f"{url}/v1/completions", json=long_request) as waiting:
                         assert waiting.status_code == 200  # accepted: it waits in the queue
                         refused = await http.post(f"{url}/v1/completions", json=completion())

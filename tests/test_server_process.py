@@ -16,9 +16,8 @@ import threading
 import httpx
 import pytest
 
-from serving import MODEL_NAME, make_model_dir, metric, serve_process, wait_healthy, wait_metric
-
 import gpt2gen
+from serving import MODEL_NAME, make_model_dir, metric, serve_process, wait_healthy, wait_metric
 
 openai = pytest.importorskip("openai")
 

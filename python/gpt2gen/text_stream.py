@@ -99,6 +99,9 @@ class RequestStream:
         if self.done:
             return None
         tokens, scored, finish = self.request.take()
+        if finish == "out_of_memory":
+            self.finish_reason = finish
+            raise MemoryError("out of memory for this generation's KV cache and scratch")
         new_ids, new_logprobs, text = [], [], ""
         for k, token in enumerate(tokens):
             if self._ended:

@@ -16,7 +16,7 @@ try:
 except ImportError as error:
     raise ImportError(missing_extra(error.name)) from error
 
-from .app import create_app
-from .config import ServerConfig
+from .app import create_app  # noqa: E402 - after the check, which names what is missing
+from .config import ServerConfig  # noqa: E402
 
 __all__ = ["ServerConfig", "create_app", "missing_extra"]

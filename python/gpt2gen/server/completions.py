@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import uuid
 
+from .errors import APIError
 from .generation import Group, check_prompt, finish_reason, run_to_end, sampling
 from .logprobs import TextOffsets, legacy
 from .protocol import CompletionRequest, envelope, now, parse, usage
 from .sse import DONE, EventStream, event
-from .errors import APIError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's
 
@@ -81,33 +81,34 @@ class _Reply:
 
     async def stream(self):
         offsets = {c.index: self._offsets(c) for c in self.group.choices}
-        echoed = set()
+        # The prompt's log-probabilities come with the completion, so with echo and logprobs a
+        # choice's chunks wait for its end (a scoring request, max_tokens 0, has none anyway).
+        held = {c.index: [] for c in self.group.choices} if self.echo_texts is not None and self.want_logprobs else None
         generated = 0
         try:
-            if self.echo_texts is not None and not self.want_logprobs:
+            if self.echo_texts is not None and held is None:
                 for choice in self.group.choices:
                     yield self._piece(choice, self._echo(choice), None)
-                    echoed.add(choice.index)
             async for kind, choice, item in self.group.events():
-                if choice.index not in echoed and kind == "delta" and self.echo_texts is not None:
-                    # the prompt's log-probabilities come with the first delta (the prefill made them)
-                    yield self._piece(choice, self._echo(choice),
-                                      self._prompt_logprobs(choice, item.prompt_logprobs))
-                    echoed.add(choice.index)
                 if kind == "delta":
                     logprobs = None
                     if self.want_logprobs:
                         logprobs = legacy(self.state.token_text, offsets[choice.index], item.token_ids,
                                           item.logprobs)
                     if item.text or (logprobs and item.token_ids):
-                        yield self._piece(choice, item.text, logprobs)
-                else:
-                    generated += len(item.token_ids)
-                    if choice.index not in echoed and self.echo_texts is not None:  # no delta came
-                        yield self._piece(choice, self._echo(choice),
-                                          self._prompt_logprobs(choice, item.prompt_logprobs))
-                        echoed.add(choice.index)
-                    yield self._piece(choice, "", None, finish_reason(item))
+                        chunk = self._piece(choice, item.text, logprobs)
+                        if held is None:
+                            yield chunk
+                        else:
+                            held[choice.index].append(chunk)
+                    continue
+                generated += len(item.token_ids)
+                reason = finish_reason(item)
+                if held is not None:
+                    yield self._piece(choice, self._echo(choice), self._prompt_logprobs(choice, item.prompt_logprobs))
+                    for chunk in held.pop(choice.index):
+                        yield chunk
+                yield self._piece(choice, "", None, reason)
             if self.body.include_usage:
                 yield self._chunk([], usage=usage(self.group.prompt_tokens, generated))
         except APIError as error:  # after the headers, an error can only be an event

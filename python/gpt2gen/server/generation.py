@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from typing import Any, Optional
 
 import gpt2gen
 
@@ -66,7 +67,7 @@ class Group:
         self.fields = {**_FIELDS, **(fields or {})}
         self.arrived = time.perf_counter()
         if seed is not None and seed + n - 1 >= 2**64:
-            raise invalid("seed", f"seed + n - 1 must be below 2**64 (choice i uses seed + i)")
+            raise invalid("seed", "seed + n - 1 must be below 2**64 (choice i uses seed + i)")
         engine = state.engine
         if len(prompts) * n > engine.max_queue:
             raise invalid("n", f"this request asks for {len(prompts) * n} sequences (prompts x n); "
@@ -88,10 +89,6 @@ class Group:
             raise APIError(429, f"The server is busy: its queue is full ({engine.max_queue} sequences "
                            f"waiting). Retry after {seconds} s.", code="queue_full",
                            headers={"Retry-After": str(seconds)}) from None
-        except MemoryError as error:
-            self.cancel()
-            raise invalid("max_tokens", f"This request can never fit in the server's memory: {error}",
-                          "context_length_exceeded") from None
         except (ValueError, TypeError) as error:
             self.cancel()
             raise invalid(self._field(str(error)), str(error)) from None
@@ -182,8 +179,12 @@ FINISH_REASONS = {"length": "length", "eos": "stop", "stop": "stop"}
 
 
 def finish_reason(completion) -> str:
+    """OpenAI's finish reason; the two ways the engine can end a request early are 503s."""
     if completion.finish_reason == "cancelled":  # the client is still there: the engine shut down
         raise APIError(503, "The generation was cancelled: the server is shutting down", code="cancelled")
+    if completion.finish_reason == "out_of_memory":
+        raise APIError(503, "The server ran out of memory for this generation; retry shortly or ask "
+                       "for fewer tokens", code="out_of_memory", headers={"Retry-After": "1"})
     return FINISH_REASONS[completion.finish_reason]
 
 

@@ -6,9 +6,17 @@ that many. Time to first token and latency are per HTTP request, from its arriva
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
-FINISH_REASONS = ("length", "eos", "stop", "cancelled")  # the engine's, "cancelled" = client gone
+# the engine's: "cancelled" is a client gone (or shutdown), "out_of_memory" a refused allocation
+FINISH_REASONS = ("length", "eos", "stop", "cancelled", "out_of_memory")
 
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80)
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)

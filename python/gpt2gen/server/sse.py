@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from typing import Callable
 
 from starlette.responses import Response
 
