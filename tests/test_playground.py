@@ -18,15 +18,10 @@ import sys
 import httpx
 import pytest
 
-from serving import (MODEL_NAME, SLOW_MAX_TOKENS, WAIT_SECONDS, make_slow_model_dir, metric, running,
-                     sse_events, wait_healthy, wait_metric)
-
-import gpt2gen
-from gpt2gen.server import ServerConfig, create_app
-
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="the playground tests drive Chromium with selenium")
+pytest.importorskip("fastapi", reason="the playground is served by gpt2gen serve (the serve extra)")
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
     pytest.skip(f"the playground tests need {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium "
                 "chromium-driver)", allow_module_level=True)
@@ -36,6 +31,20 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.common.selenium_manager import SeleniumManager  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+import gpt2gen  # noqa: E402
+from gpt2gen.server import ServerConfig, create_app  # noqa: E402
+from serving import (  # noqa: E402
+    MODEL_NAME,
+    SLOW_MAX_TOKENS,
+    WAIT_SECONDS,
+    make_slow_model_dir,
+    metric,
+    running,
+    sse_events,
+    wait_healthy,
+    wait_metric,
+)
 
 PROMPT = "Once upon a time"
 # Every control of the Complete view set away from its default, as a user would type them.
