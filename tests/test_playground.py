@@ -248,14 +248,20 @@ def tip(driver) -> dict:
     return {token: float(lp) for token, lp in rows}
 
 
-def test_stop_cancels_the_generation_on_the_server(page, url, reference):
+@pytest.mark.parametrize("how", ["button", "keyboard"])
+def test_stop_cancels_the_generation_on_the_server(page, url, reference, how):
     cancelled = metric(url, "gpt2gen_requests_finished_total", finish_reason="cancelled")
     # greedy from PROMPT runs the whole SLOW_MAX_TOKENS without an end-of-text on this checkpoint
     set_fields(page, {"prompt": PROMPT, "max_tokens": SLOW_MAX_TOKENS, "temperature": 0})
-    page.find_element(By.ID, "generate").click()
+    if how == "button":
+        page.find_element(By.ID, "generate").click()
+    else:  # Ctrl+Enter in the prompt generates, Esc stops
+        page.find_element(By.ID, "prompt").send_keys(Keys.CONTROL, Keys.ENTER)
     wait(page, lambda d: len(page_tokens(d)) >= 2)
-    stop = page.find_element(By.ID, "stop")
-    stop.click()
+    if how == "button":
+        page.find_element(By.ID, "stop").click()
+    else:
+        ActionChains(page).send_keys(Keys.ESCAPE).perform()
     assert wait(page, lambda d: d.find_element(By.ID, "complete-stats").get_attribute("data-done")) == "stopped"
     assert wait_metric(url, "gpt2gen_requests_finished_total", lambda v: v >= cancelled + 1,
                        finish_reason="cancelled") == cancelled + 1
@@ -265,12 +271,15 @@ def test_stop_cancels_the_generation_on_the_server(page, url, reference):
     assert 0 < len(shown) < SLOW_MAX_TOKENS
     offline = reference.generate(PROMPT, len(shown), temperature=0)
     assert text_of(page, "completion") == offline.text[:len(text_of(page, "completion"))]
-    assert page.switch_to.active_element == page.find_element(By.ID, "generate")
+    if how == "button":  # the focus moved to Stop while it ran, and back to Generate
+        assert page.switch_to.active_element == page.find_element(By.ID, "generate")
     assert text_of(page, "complete-stats").endswith("stopped")
 
 
 def test_the_score_view_equals_gpt2_score(page, reference):
-    page.find_element(By.ID, "tab-score").click()
+    page.find_element(By.ID, "tab-complete").send_keys(Keys.ARROW_RIGHT)  # the tabs follow the arrows
+    assert page.find_element(By.ID, "panel-score").is_displayed()
+    assert not page.find_element(By.ID, "panel-complete").is_displayed()
     area = page.find_element(By.ID, "score-text")
     area.clear()
     area.send_keys(SCORED_TEXT)

@@ -368,8 +368,6 @@ function wireTokens(container) {
     if (to !== undefined) {
       e.preventDefault();
       spans[Math.max(0, Math.min(to, spans.length - 1))].focus();
-    } else if (e.key === "Escape") {
-      hideTip();
     }
   });
 }
@@ -547,7 +545,7 @@ function init() {
   $("score-text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); score(); }
   });
-  document.addEventListener("keydown", (e) => {
+  document.addEventListener("keydown", (e) => { // Esc closes a token's tip, else stops generating
     if (e.key !== "Escape") return;
     if (!$("tip").hidden) hideTip();
     else stop();
