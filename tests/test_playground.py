@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -396,3 +397,23 @@ def test_readable_on_a_narrow_window(page, url):
         assert settings["x"] + settings["width"] <= 360
     finally:
         page.set_window_size(1280, 1000)
+
+
+def test_the_page_waits_for_the_model_to_load(browser, model_dir):
+    loaded = threading.Event()
+
+    def load():  # the server's loader, held until the page has shown that it waits
+        assert loaded.wait(WAIT_SECONDS)
+        return gpt2gen.GPT2.from_pretrained(model_dir)
+
+    with running(create_app(load, ServerConfig(served_model_name=MODEL_NAME))) as url:
+        console_errors(browser)
+        browser.get(f"{url}/")
+        try:
+            loading = httpx.get(f"{url}/v1/models", timeout=30).json()["error"]["message"]
+            wait(browser, lambda d: text_of(d, "server-status") == loading)
+        finally:
+            loaded.set()
+        wait_healthy(url)
+        wait(browser, lambda d: text_of(d, "server-status").startswith(f"Model {MODEL_NAME}"))
+        assert all(" 503 " in e for e in console_errors(browser))  # the browser logs each 503

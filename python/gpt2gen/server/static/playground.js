@@ -318,8 +318,8 @@ function showTip(span) {
     for (const [alt, logprob] of top) {
       const p = Math.exp(logprob);
       const row = element("tr", alt === token ? "chosen" : "");
-      const bar = element("span", "bar");
-      bar.style.setProperty("--p", p.toFixed(4));
+      const bar = element("span", "bar"); // as long as p relative to the likeliest's
+      bar.style.setProperty("--p", Math.exp(logprob - top[0][1]).toFixed(4));
       row.append(element("td", "", ""), element("td", "", ""), element("td", "num", percent(p)));
       row.cells[0].append(element("code", "", visible(alt)));
       row.cells[1].append(bar);
