@@ -6,7 +6,7 @@ Python's own reference documentation (``pydoc_data``, shipped with every Python)
 with ``gpt2gen serve``'s app, generates in the page and hovers a token to show its alternatives.
 
     pip install ".[serve,test,reference]" selenium     # and: apt-get install chromium chromium-driver
-    python docs/playground_screenshot.py [--steps 600] [--out docs/playground.png]
+    python docs/playground_screenshot.py [--steps 300] [--out docs/playground.png]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def screenshot(model_dir: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "playground.png")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
