@@ -12,8 +12,9 @@ as the issue says, `-np 8` (8 parallel slots, continuous batching); gpt2gen with
 Both use the same thread count and run at the same time, measured in turn (the order alternates
 between repeats, so a noisy neighbour hurts them alike).
 
-Every request is `/v1/completions` with the same 32-token prompt (token ids, so both tokenizers
-agree), 48 new tokens (ignore_eos), temperature 0.8, streamed. Figures, per concurrency level
+Every request is `/v1/completions` with a 32-token prompt of its own (token ids, so both
+tokenizers agree; different prompts, so llama-server's prompt cache cannot skip prefills), 48 new
+tokens (ignore_eos), plain temperature-0.8 sampling (top-k, top-p, min-p off on both), streamed. Figures, per concurrency level
 (1, 2, 4, 8, 16 streams started together):
 
 * aggregate tok/s: all streams' tokens / wall time from the first request to the last [DONE];
@@ -257,8 +258,10 @@ def start_llama(binary: str, gguf_path: Path, label: str, threads: int) -> Serve
 # --- load --------------------------------------------------------------------------------------
 
 
-def prompt_ids() -> list:
-    rng = np.random.default_rng(7)
+def prompt_ids(seed: int) -> list:
+    """A different prompt per request, so llama-server's prompt cache cannot skip a prefill that
+    gpt2gen (which has no prompt cache) has to do."""
+    rng = np.random.default_rng(seed)
     return [int(t) for t in rng.integers(300, 1000, PROMPT_TOKENS)]
 
 
@@ -266,8 +269,10 @@ async def one_stream(http: httpx.AsyncClient, url: str, seed: int, max_tokens: i
                      generating: asyncio.Event | None = None) -> dict:
     """Streams one completion; returns its send time, chunk arrival times and end time.
     ``generating`` is set when the first text arrives."""
-    body = {"prompt": prompt_ids(), "max_tokens": max_tokens, "temperature": TEMPERATURE,
-            "seed": seed, "stream": True, "ignore_eos": True}
+    # Sampling spelt out: plain temperature sampling on both (llama.cpp's default top-k 40,
+    # top-p 0.95 and min-p 0.05 off, as gpt2gen's are by default).
+    body = {"prompt": prompt_ids(seed), "max_tokens": max_tokens, "temperature": TEMPERATURE,
+            "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": seed, "stream": True, "ignore_eos": True}
     sent = time.perf_counter()
     arrivals = []
     async with http.stream("POST", f"{url}/v1/completions", json=body) as response:
@@ -325,7 +330,7 @@ def library_decode_rate(model_dir: Path, dtype: str, threads: int, seed: int) ->
 
     gpt2gen.set_num_threads(threads)
     model = gpt2gen.GPT2.from_pretrained(str(model_dir), dtype={"fp32": "float32", "int8": "int8"}[dtype])
-    prompt = model.decode(prompt_ids())
+    prompt = model.decode(prompt_ids(seed))
     rates = []
     for k in range(3):
         arrivals = []

@@ -19,6 +19,8 @@ import pytest
 import gpt2gen
 from serving import MODEL_NAME, make_model_dir, metric, serve_process, wait_healthy, wait_metric
 
+pytestmark = pytest.mark.service  # a real server on 127.0.0.1
+
 openai = pytest.importorskip("openai")
 
 CLI = [sys.executable, "-c", "import sys, gpt2gen.cli; sys.exit(gpt2gen.cli.main())"]
@@ -80,6 +82,14 @@ def test_command_line_errors_are_one_line(model_dir, args, message):
         full += ["--port", "0"]
     line = one_error_line(run_cli("serve", *full))
     assert message in line
+
+
+def test_a_port_in_use_is_an_error(model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("serve", "--model", str(model_dir), "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 1 and "address already in use" in result.stderr
 
 
 def test_bad_arguments_are_usage_errors():

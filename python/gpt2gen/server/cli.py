@@ -121,10 +121,15 @@ def main(argv=None) -> int:
     app = create_app(load, config, on_load_error=on_load_error)
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                    access_log=not args.no_access_log, timeout_graceful_shutdown=5))
-    server.run()
-    if failures:
-        return _fail(f"the model failed to load: {failures[0]}")
-    return 0 if server.started else 1  # not started: uvicorn could not bind and said why
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot listen, having logged why
+        return _fail(f"could not listen on {args.host}:{args.port} (see the message above)")
+    if failures:  # in the generation command's words (download advice, pickles)
+        from ..cli import error_message
+
+        return _fail(f"the model failed to load: {error_message(failures[0])}")
+    return 0
 
 
 def _fail(message: str) -> int:
