@@ -47,6 +47,8 @@ from serving import (  # noqa: E402
     wait_metric,
 )
 
+pytestmark = pytest.mark.service  # a real server on 127.0.0.1 and a browser
+
 PROMPT = "Once upon a time"
 # Every control of the Complete view set away from its default, as a user would type them.
 SETTINGS = {"max_tokens": 24, "temperature": 0.9, "top_p": 0.9, "top_k": 50, "min_p": 0.02,
