@@ -81,6 +81,11 @@ Scheduler<T>::Scheduler(const Weights<T>& weights, const SchedulerLimits& limits
 }
 
 template <typename T>
+bool Scheduler<T>::owned_by_this_process() const {
+  return getpid() == owner_pid_;
+}
+
+template <typename T>
 Scheduler<T>::~Scheduler() {
   shutdown();
   if (getpid() != owner_pid_) return;  // a forked child: the descriptors are the parent's too

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import pytest
 
+import engine_requests
 import gpt2gen
 from gpt2gen import _core
-import engine_requests
 from gpt2gen.options import seeds
 from isolated import run_isolated
 from random_models import random_params

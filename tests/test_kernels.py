@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt2gen import _core, _testing, reference
+from gpt2gen import _testing, reference
 
 kernels = _testing
 DTYPES = [np.float32, np.float64]

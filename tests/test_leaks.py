@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import gc
 import json
-import time
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import gpt2gen
 import engine_requests
+import gpt2gen
 from gpt2gen import _core
 from gpt2gen.options import generation_options
 from random_models import random_params

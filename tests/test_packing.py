@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gpt2gen
 import engine_requests
+import gpt2gen
 from gpt2gen import _core, _testing, reference
 from gpt2gen.packing import (
     QUANT_BLOCK,

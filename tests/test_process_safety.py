@@ -1,7 +1,6 @@
 """A process that used gpt2gen can fork, and every long call stops on Ctrl-C."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

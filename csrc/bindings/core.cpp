@@ -103,6 +103,12 @@ class SchedulerHandle {
     });
   }
   ~SchedulerHandle() {
+    const bool forked_copy =
+        std::visit([](const auto& s) { return s && !s->owned_by_this_process(); }, scheduler_);
+    if (forked_copy) {  // see Scheduler::owned_by_this_process
+      std::visit([](auto& s) { s.release(); }, scheduler_);
+      return;
+    }
     py::gil_scoped_release release;
     scheduler_ = {};
   }

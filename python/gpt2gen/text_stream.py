@@ -8,7 +8,8 @@ does not depend on how far the scheduler ran ahead.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 from .results import Completion, Delta, TokenLogprob
 
