@@ -275,7 +275,9 @@ async def one_stream(http: httpx.AsyncClient, url: str, seed: int, max_tokens: i
             "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": seed, "stream": True, "ignore_eos": True}
     sent = time.perf_counter()
     arrivals = []
-    async with http.stream("POST", f"{url}/v1/completions", json=body) as response:
+    # A connection per request: reusing one races the server closing it (llama-server does).
+    async with http.stream("POST", f"{url}/v1/completions", json=body,
+                           headers={"Connection": "close"}) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {response.status_code}: {(await response.aread())[:300]!r}")
         async for line in response.aiter_lines():
@@ -438,6 +440,7 @@ def report(args, results, started_load, ended_load) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped too
     load_before = os.getloadavg()[0]
     results = run(args)
     text = report(args, results, load_before, os.getloadavg()[0])

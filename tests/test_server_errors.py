@@ -339,3 +339,53 @@ def test_a_half_sent_body_does_not_hurt(url):
             raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         b"Content-Length: 1000\r\n\r\n{\"prompt\": \"abc")
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+# --- the engine ending a request early ---------------------------------------------------------
+
+
+class EndingEngine:
+    """An engine whose every request ends at once with ``finish_reason`` (what the scheduler does
+    when an allocation fails, or when it shuts down under a connected client)."""
+
+    max_batch, max_queue, running, waiting = 4, 8, 0, 0
+
+    def __init__(self, model, finish_reason):
+        self.model, self.finish_reason = model, finish_reason
+
+    def submit(self, prompt, max_new_tokens=16, **options):
+        return EndedRequest(gpt2gen.Completion("", [], self.finish_reason, prompt_token_ids=list(prompt)))
+
+    async def aclose(self):
+        pass
+
+
+class EndedRequest:
+    def __init__(self, completion):
+        self.completion = completion
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        raise StopAsyncIteration
+
+    async def result(self):
+        return self.completion
+
+    def cancel(self):
+        pass
+
+
+@pytest.mark.parametrize("reason,code", [("out_of_memory", "out_of_memory"), ("cancelled", "cancelled")])
+def test_a_request_the_engine_ends_early_is_a_503(model, reason, code):
+    with running(create_app(EndingEngine(model, reason), ServerConfig(served_model_name=MODEL_NAME,
+                                                                      chat_template="plain"))) as url:
+        wait_healthy(url)
+        assert_error(httpx.post(f"{url}/v1/completions", json=completion()), 503, code=code)
+        assert_error(httpx.post(f"{url}/v1/chat/completions", json=messages()), 503, code=code)
+        with httpx.stream("POST", f"{url}/v1/completions", json=completion(stream=True)) as response:
+            events = [line for line in response.iter_lines() if line]
+        assert json.loads(events[-2].removeprefix("data: "))["error"]["code"] == code
+        assert events[-1] == "data: [DONE]"
+        assert metric(url, "gpt2gen_requests_finished_total", finish_reason=reason) == 3

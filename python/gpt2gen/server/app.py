@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from . import errors
 from .chat import create_chat_completion
@@ -22,6 +24,12 @@ from .limits import BodySizeLimit, BodyTooLarge, too_large
 from .metrics import CONTENT_TYPE, StatusCounter
 from .state import ServerState
 from .tokenization import detokenize, tokenize
+
+# The playground page (static/index.html) and its files, shipped inside the package.
+PLAYGROUND = Path(__file__).with_name("static")
+# It loads nothing from elsewhere and talks only to this server.
+PLAYGROUND_HEADERS = {"Content-Security-Policy": "default-src 'self'; base-uri 'none'; form-action 'none'; "
+                      "frame-ancestors 'none'", "X-Content-Type-Options": "nosniff"}
 
 
 def create_app(engine_or_model, config: Optional[ServerConfig] = None, *,
@@ -102,6 +110,11 @@ def create_app(engine_or_model, config: Optional[ServerConfig] = None, *,
     async def detokenize_route(request: Request):
         return await detokenize(state, request)
 
+    @app.get("/")  # open, as /health: the page holds no data; its API calls carry the key
+    async def playground():
+        return FileResponse(PLAYGROUND / "index.html", headers=PLAYGROUND_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=PLAYGROUND), name="static")
     return app
 
 
