@@ -103,6 +103,11 @@ def run(args, out) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["batch"]:  # the subcommand has its own parser
+        from .batch_cli import main as batch_main
+
+        return batch_main(argv[1:])
     args = parse_args(argv)
     from .checkpoint import CheckpointError
 
