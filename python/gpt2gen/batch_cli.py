@@ -136,6 +136,13 @@ def _output_row(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("prompt", "sampling_params")}
 
 
+def _check_model(source: str, models_dir: Optional[str]) -> None:
+    """Run on the cluster: the model is there (its config loads)."""
+    from .checkpoint import load_hparams, resolve_model_dir
+
+    load_hparams(resolve_model_dir(source, models_dir))
+
+
 def run_on_ray(args, rows: list) -> Iterator[tuple[int, dict]]:
     import ray
 
@@ -149,6 +156,12 @@ def run_on_ray(args, rows: list) -> Iterator[tuple[int, dict]]:
     if started:
         ray.init(address=args.ray or None, logging_level="WARNING")
     try:
+        # A wrong --model would kill each actor as it starts, in a long Ray traceback; one task
+        # on the cluster says it in one line first.
+        try:
+            ray.get(ray.remote(_check_model).remote(args.model, args.models_dir))
+        except ray.exceptions.RayTaskError as error:
+            raise error.cause from None
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on stderr
         # Prompts and sampling_params differ in type from line to line (text or ids, a string or a
         # list of stop strings), which one Arrow column cannot hold: they travel as JSON text.
@@ -188,7 +201,7 @@ class _Progress:
         self.bar.close()
 
 
-def run(args, out=sys.stderr) -> int:
+def run(args) -> int:
     """Runs the command; returns the number of lines written by this run."""
     check_args(args)
     fmt, requests = read_requests(args.input)
@@ -197,7 +210,7 @@ def run(args, out=sys.stderr) -> int:
     done = answered(args.output, fmt, requests, args.input)
     todo = requests[done:]
     if not todo:
-        print(f"gpt2gen batch: all {len(requests)} requests of {args.input} are already in {args.output}", file=out)
+        print(f"gpt2gen batch: all {len(requests)} requests of {args.input} are already in {args.output}", file=sys.stderr)
         return 0
     columns = output_columns("score" if args.score else "generate", fail_fast=False)
     ready: dict[int, dict] = {}  # finished rows waiting for an earlier one, by position in todo
