@@ -74,9 +74,9 @@ def _non_canonical(model):
 
 
 def test_a_bad_row_gets_an_error_and_the_others_their_output(model):
-    prompts = ["hello", "x " * 60, "world", "abc", "def", "ghi", "jkl", ""]
+    prompts = ["hello", "x " * 60, "world", "abc", "def", "ghi", "jkl", "", "mno", "pqr"]
     params = [None, {"max_tokens": 10}, None, {"temperature": "hot"}, {"n": 2}, {"best": 1},
-              {"stop": 5}, None]
+              {"stop": 5}, None, {"top_p": {"a": 1}}, {"top_k": [1]}]
     defaults = {"temperature": 0.0, "max_tokens": 10}
     rows = RowRunner(model, defaults).run(prompts, params)
     assert rows[0] == expected_generation(model, "hello", None, defaults)
@@ -88,6 +88,8 @@ def test_a_bad_row_gets_an_error_and_the_others_their_output(model):
     assert "unknown parameter 'best'" in errors[5]
     assert "sampling_params.stop must be a string or a list of strings" in errors[6]
     assert "empty" in errors[7]
+    assert "top_p must be a number, got dict" in errors[8]
+    assert "top_k must be an int, got list" in errors[9]
     for row in rows[1:2] + rows[3:]:
         assert row["generated_text"] is None and row["num_generated_tokens"] is None
 

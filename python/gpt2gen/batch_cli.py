@@ -35,7 +35,7 @@ already in --output.
 examples:
   gpt2gen batch --model gpt2 --input prompts.jsonl --output out.jsonl --temperature 0
   gpt2gen batch --model ./my-gpt2 --input prompts.jsonl --output out.jsonl --ray --concurrency 2
-  RAY_ADDRESS=ray://head:10001 gpt2gen batch --model gpt2 --input in.jsonl --output out.jsonl --ray
+  RAY_ADDRESS=HEAD:6379 gpt2gen batch --model gpt2 --input in.jsonl --output out.jsonl --ray --concurrency 8
 """
 
 
@@ -50,7 +50,7 @@ def parse_args(argv):
     p.add_argument("--output", required=True, help="JSON Lines results (appended to when resuming)")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run on Ray: a new local cluster (or RAY_ADDRESS's), or the cluster at ADDRESS "
-                   "(auto, host:6379, ray://host:10001)")
+                   "(host:6379 of a `ray start --head`, or auto)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="rows per engine batch (default: 16)")
     p.add_argument("--concurrency", type=int, default=1, metavar="N",
                    help="with --ray: actors (model copies); in-process: batches in flight (default: 1)")

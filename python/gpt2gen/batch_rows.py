@@ -142,6 +142,16 @@ def prompt_text(model, prompt) -> str:
     return text
 
 
+def _settings_key(options: dict, row: int):
+    """Rows with equal keys can share an engine batch: the same settings but for the seed."""
+    key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items() if k != "seed")
+    try:
+        hash(key)
+    except TypeError:  # a value of the wrong type (a dict, ...): alone, the engine names it
+        return ("row", row)
+    return key
+
+
 def _error_message(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -190,8 +200,7 @@ class RowRunner:
                 continue
             if options["seed"] is None:  # what GPT2.generate draws for an unseeded call
                 options["seed"] = secrets.randbits(64)
-            key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items() if k != "seed")
-            groups.setdefault(key, []).append((i, text, options))
+            groups.setdefault(_settings_key(options, i), []).append((i, text, options))
         # Each group is one engine batch. Groups run side by side: GPT2 may be shared by threads,
         # and its scheduler batches concurrent calls together.
         group_list = list(groups.values())
