@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sched.h>
 #endif
 
@@ -101,6 +102,14 @@ int default_threads() {
 
 std::atomic<int> thread_count{0};
 
+// After fork() the child's one thread is a copy of the forking one. If that thread had run
+// OpenMP regions, libgomp's pool still lists the parent's worker threads, which do not exist in
+// the child, and the next parallel region would wait for them forever. That thread therefore runs
+// single-threaded in the child (results do not depend on the thread count); threads started in
+// the child, such as a new scheduler's, get fresh pools and all the threads.
+thread_local bool openmp_pool_is_stale = false;
+const int fork_handler = pthread_atfork(nullptr, nullptr, [] { openmp_pool_is_stale = true; });
+
 }  // namespace
 
 const Backend& backend() {
@@ -121,6 +130,7 @@ std::vector<std::string> supported_backends() {
 void set_backend(const std::string& name) { current_backend.store(find_backend(name)); }
 
 int num_threads() {
+  if (openmp_pool_is_stale) return 1;
   int n = thread_count.load();
   if (n <= 0) {
     n = default_threads();

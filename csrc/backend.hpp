@@ -24,11 +24,13 @@ struct Kernels {
   void (*unembed)(const T* x, int n, const T* wte, Packed wte_packed, int n_vocab, int d, T* out);
   void (*attention)(const T* qkv, int n, int n_embd, int n_head, int pos0, T* keys, T* values,
                     int capacity, T* scores, T* out);
-  // Runs the new positions of each segment through the model, appending them to the segment's
-  // cache; all segments' rows go through each matrix product together. Writes the logits of every
-  // new row (all_rows) or of each segment's last row only.
-  void (*forward)(const Weights<T>& w, const Segment<T>* segments, int n_segments,
-                  Workspace<T>& ws, bool all_rows, T* logits);
+  // The new positions of every chunk through the blocks (all chunks' rows go through each matrix
+  // product together), writing their keys and values into each chunk's cache at positions
+  // cache->length.. (the caller advances length); the final hidden states are left in ws.x.
+  void (*transformer)(const Weights<T>& w, const Chunk<T>* chunks, int n_chunks,
+                      Workspace<T>& ws);
+  // logits[n, n_vocab] = unembed(ln_f(x[n, n_embd])), through ws.h.
+  void (*lm_head)(const Weights<T>& w, const T* x, int n, Workspace<T>& ws, T* logits);
 };
 
 struct Backend {

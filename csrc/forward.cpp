@@ -10,15 +10,15 @@ namespace GPT2GEN_ISA_NS {
 
 namespace {
 
-// out = c_proj(causal_self_attention(c_attn(x))); each segment attends over its own cache.
+// out = c_proj(causal_self_attention(c_attn(x))); each chunk attends over its own cache.
 template <typename T>
-void mha(const T* x, int rows, const BlockWeights<T>& block, int layer, const Segment<T>* segments,
-         int n_segments, Workspace<T>& ws, T* out) {
+void mha(const T* x, int rows, const BlockWeights<T>& block, int layer, const Chunk<T>* chunks,
+         int n_chunks, Workspace<T>& ws, T* out) {
   const int n_embd = block.c_attn.d_in;
   linear(x, rows, block.c_attn, ws.qkv.data());
-  for (int s = 0, row = 0; s < n_segments; row += segments[s++].n) {
-    KVCache<T>& cache = *segments[s].cache;
-    attention(ws.qkv.data() + size_t(row) * 3 * n_embd, segments[s].n, n_embd, cache.n_head,
+  for (int c = 0, row = 0; c < n_chunks; row += chunks[c++].n) {
+    KVCache<T>& cache = *chunks[c].cache;
+    attention(ws.qkv.data() + size_t(row) * 3 * n_embd, chunks[c].n, n_embd, cache.n_head,
               cache.length, cache.keys(layer), cache.values(layer), cache.capacity,
               ws.scores.data(), ws.att.data() + size_t(row) * n_embd);
   }
@@ -36,12 +36,12 @@ void ffn(const T* x, int rows, const BlockWeights<T>& block, Workspace<T>& ws, T
 // x = x + mha(ln_1(x)); x = x + ffn(ln_2(x))
 template <typename T>
 void transformer_block(T* x, int rows, const BlockWeights<T>& block, int layer,
-                       const Segment<T>* segments, int n_segments, Workspace<T>& ws) {
+                       const Chunk<T>* chunks, int n_chunks, Workspace<T>& ws) {
   const int n_embd = block.c_attn.d_in;
   T* h = ws.h.data();
   T* delta = ws.h2.data();
   layer_norm(x, rows, n_embd, block.ln_1, h);
-  mha(h, rows, block, layer, segments, n_segments, ws, delta);
+  mha(h, rows, block, layer, chunks, n_chunks, ws, delta);
   residual_add(x, delta, int64_t(rows) * n_embd);
   layer_norm(x, rows, n_embd, block.ln_2, h);
   ffn(h, rows, block, ws, delta);
@@ -50,40 +50,40 @@ void transformer_block(T* x, int rows, const BlockWeights<T>& block, int layer,
 
 }  // namespace
 
+// x = the new positions of every chunk through the blocks, each chunk attending over its own
+// cache (whose keys and values at positions length.. are written here; the caller advances
+// length). Leaves the final hidden states [rows, n_embd] in ws.x.
 template <typename T>
-void forward(const Weights<T>& w, const Segment<T>* segments, int n_segments, Workspace<T>& ws,
-             bool all_rows, T* logits) {
+void transformer(const Weights<T>& w, const Chunk<T>* chunks, int n_chunks, Workspace<T>& ws) {
   const size_t d = w.n_embd;
   T* x = ws.x.data();
   int rows = 0;
-  for (int s = 0; s < n_segments; rows += segments[s++].n)
-    embedding(w.wte, w.wte_packed, w.wpe, w.n_embd, segments[s].ids, segments[s].n, segments[s].cache->length,
-              x + rows * d);
+  for (int c = 0; c < n_chunks; rows += chunks[c++].n)
+    embedding(w.wte, w.wte_packed, w.wpe, w.n_embd, chunks[c].ids, chunks[c].n,
+              chunks[c].cache->length, x + rows * d);
   for (int layer = 0; layer < w.n_layer(); ++layer)
-    transformer_block(x, rows, w.blocks[layer], layer, segments, n_segments, ws);
-  for (int s = 0; s < n_segments; ++s) segments[s].cache->length += segments[s].n;
-
-  if (!all_rows) {  // generation needs only each segment's last row: gather them in front
-    int row = 0;
-    for (int s = 0; s < n_segments; ++s) {
-      row += segments[s].n;
-      if (row - 1 != s) std::copy(x + (row - 1) * d, x + row * d, x + s * d);
-    }
-    rows = n_segments;
-  }
-  layer_norm(x, rows, w.n_embd, w.ln_f, ws.h.data());
-  unembed(ws.h.data(), rows, w.wte, w.wte_packed, w.n_vocab, w.n_embd, logits);
+    transformer_block(x, rows, w.blocks[layer], layer, chunks, n_chunks, ws);
 }
 
-template void forward<float>(const Weights<float>&, const Segment<float>*, int, Workspace<float>&,
-                             bool, float*);
-template void forward<double>(const Weights<double>&, const Segment<double>*, int,
-                              Workspace<double>&, bool, double*);
+// logits[n, n_vocab] = unembed(ln_f(x[n, n_embd]))
+template <typename T>
+void lm_head(const Weights<T>& w, const T* x, int n, Workspace<T>& ws, T* logits) {
+  layer_norm(x, n, w.n_embd, w.ln_f, ws.h.data());
+  unembed(ws.h.data(), n, w.wte, w.wte_packed, w.n_vocab, w.n_embd, logits);
+}
+
+template void transformer<float>(const Weights<float>&, const Chunk<float>*, int,
+                                 Workspace<float>&);
+template void transformer<double>(const Weights<double>&, const Chunk<double>*, int,
+                                  Workspace<double>&);
+template void lm_head<float>(const Weights<float>&, const float*, int, Workspace<float>&, float*);
+template void lm_head<double>(const Weights<double>&, const double*, int, Workspace<double>&,
+                              double*);
 
 template <typename T>
 static Kernels<T> kernel_table() {
-  return {embedding<T>, layer_norm<T>, gelu<T>, softmax<T>, linear<T>,
-          unembed<T>,   attention<T>,  forward<T>};
+  return {embedding<T>, layer_norm<T>, gelu<T>,         softmax<T>, linear<T>,
+          unembed<T>,   attention<T>,  transformer<T>, lm_head<T>};
 }
 
 const Backend& get_backend() {

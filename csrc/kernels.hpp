@@ -57,8 +57,10 @@ template <typename T>
 void residual_add(T* x, const T* y, int64_t n);
 
 template <typename T>
-void forward(const Weights<T>& w, const Segment<T>* segments, int n_segments, Workspace<T>& ws,
-             bool all_rows, T* logits);
+void transformer(const Weights<T>& w, const Chunk<T>* chunks, int n_chunks, Workspace<T>& ws);
+
+template <typename T>
+void lm_head(const Weights<T>& w, const T* x, int n, Workspace<T>& ws, T* logits);
 
 const Backend& get_backend();
 

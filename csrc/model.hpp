@@ -83,9 +83,10 @@ struct KVCache {
   T* values(int layer) { return v.data() + layer * layer_size(); }
 };
 
-// n consecutive new positions of one sequence, appended to its cache by a forward pass.
+// n consecutive new positions of one sequence (a whole prompt, a part of one, or one decoded
+// token), whose keys and values a forward pass writes into the sequence's cache.
 template <typename T>
-struct Segment {
+struct Chunk {
   KVCache<T>* cache;
   const int32_t* ids;
   int n;

@@ -54,8 +54,16 @@ double log_sum_exp(const std::vector<double>& scores) {
 
 }  // namespace
 
-void SamplingOptions::validate() const {
+void SamplingOptions::validate(int n_vocab) const {
   auto fail = [](const std::string& message) { throw std::invalid_argument(message); };
+  for (const auto& [token, bias] : logit_bias) {
+    if (token < 0 || token >= n_vocab)
+      fail("logit_bias has token id " + std::to_string(token) + ", not a token id: the vocabulary "
+           "has ids 0.." + std::to_string(n_vocab - 1));
+    if (!(bias >= -100 && bias <= 100))
+      fail("logit_bias values must be in [-100, 100], got " + str(bias) + " for token " +
+           std::to_string(token));
+  }
   if (!std::isfinite(temperature) || temperature < 0)
     fail("temperature must be a finite number >= 0 (0 means greedy), got " + str(temperature));
   if (top_k < 0) fail("top_k must be >= 0 (0 disables it), got " + std::to_string(top_k));
@@ -107,6 +115,7 @@ template <typename T>
 void Sampler::penalize(const T* logits) {
   for (int v = 0; v < n_vocab_; ++v) scores_[v] = static_cast<double>(logits[v]);
   const SamplingOptions& o = options_;
+  for (const auto& [token, bias] : o.logit_bias) scores_[token] += bias;
   for (int32_t t : penalized_) {
     double& s = scores_[t];
     if (seen_[t] && o.repetition_penalty != 1.0)

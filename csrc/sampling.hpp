@@ -17,10 +17,13 @@ struct SamplingOptions {
   double repetition_penalty = 1.0;  // transformers: over prompt and output ids
   double presence_penalty = 0.0;    // OpenAI: over output ids
   double frequency_penalty = 0.0;   // OpenAI: over output ids
+  // OpenAI: (token, bias) added to the raw logits before every other processor; bias in
+  // [-100, 100] (-100 in effect bans a token, 100 forces it).
+  std::vector<std::pair<int32_t, double>> logit_bias;
   uint64_t seed = 0;
 
   // Throws std::invalid_argument naming the bad option.
-  void validate() const;
+  void validate(int n_vocab) const;
   bool greedy() const { return temperature == 0.0; }
 };
 
@@ -64,7 +67,7 @@ class Sampler {
 
  private:
   template <typename T>
-  void penalize(const T* logits);  // scores_ = logits after repetition/presence/frequency penalties
+  void penalize(const T* logits);  // scores_ = logits after logit bias and repetition/presence/frequency penalties
   void apply_temperature();        // scores_ /= temperature
   void truncate();                 // top-k, top-p, min-p on scores_
 

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpt2gen
-from gpt2gen import _core
+from gpt2gen import _core, _testing
 
-kernels = _core.kernels
+kernels = _testing
 
 
 pytestmark = pytest.mark.usefixtures("every_backend")

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import gpt2gen
 from gpt2gen import _core, reference
-from gpt2gen.engine import generation_options, processed_probabilities
+import engine_requests
+from gpt2gen.engine import processed_probabilities
 from random_models import random_params
 
 
@@ -148,16 +149,15 @@ def test_batch_equals_each_prompt_alone(params):
         assert batch == [gpt2gen.generate(p, params, 4, 40, **options) for p in prompts]
 
 
-def test_batched_logits_are_bit_identical_to_alone(params):
+def test_batched_logprobs_are_bit_identical_to_alone(params):
+    # Greedy log-probabilities are log_softmax of the logits themselves: equal bit for bit only if
+    # the logits are.
     model = _core.Model(params, 4)
     prompts = [[1, 2], [3, 4, 5, 6, 7], [8]]
-    together = model.start(prompts, 20, generation_options(3))
-    alone = [model.start([p], 20, generation_options(1)) for p in prompts]
-    while not together.done:
-        together.step()
-        for i, g in enumerate(alone):
-            g.step()
-            np.testing.assert_array_equal(together.logits(i), g.logits(0))
+    together = engine_requests.run(model, prompts, 20, logprobs=50)
+    alone = [engine_requests.run(model, [p], 20, logprobs=50)[0] for p in prompts]
+    assert together == alone
+    assert all(len(tokens) == 20 and len(logprobs) == 20 for tokens, logprobs, _ in together)
 
 
 def test_each_sequence_stops_on_its_own(params):
@@ -192,15 +192,11 @@ def test_numpy_2d_batch(params):
 def test_finish_reasons_and_logprobs(params):
     model = _core.Model(params, 4)
     free = gpt2gen.generate([1, 2], params, 4, 12)
-    options = generation_options(2, eos_token_id=free[3], logprobs=5, temperature=0.7, seed=5)
-    g = model.start([[1, 2], [40, 41]], 12, options)
-    while not g.done:
-        g.step()
-    reasons = {g.finish_reason(0), g.finish_reason(1)}
-    assert reasons <= {"eos", "length"}
-    for i, prompt in enumerate([[1, 2], [40, 41]]):
-        tokens = g.generated(i)
-        logprobs = g.logprobs(i)
+    prompts = [[1, 2], [40, 41]]
+    results = engine_requests.run(model, prompts, 12, seeds=[5, 5], eos_token_id=free[3], logprobs=5,
+                                  temperature=0.7)
+    assert {finish for _, _, finish in results} <= {"eos", "length"}
+    for prompt, (tokens, logprobs, _) in zip(prompts, results):
         assert [t for t, _, _ in logprobs] == tokens
         context = list(prompt)
         for token, logprob, top in logprobs:

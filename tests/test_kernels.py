@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpt2gen
-from gpt2gen import _core, reference
+from gpt2gen import _core, _testing, reference
 
-kernels = _core.kernels
+kernels = _testing
 DTYPES = [np.float32, np.float64]
 # float32 kernels accumulate in float32, in another order than NumPy's BLAS.
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}

@@ -107,7 +107,7 @@ LOOP = """
             samples.append(rss())
     after = rss()
     print(json.dumps({"before": before, "after": after, "samples": samples,
-                      "live": _core.live_generations()}))
+                      "live": _core.live_sequences()}))
 """
 
 
@@ -124,29 +124,29 @@ def test_thousands_of_generations_keep_memory_flat():
     assert report["live"] == 0
 
 
-def test_live_generations_return_to_zero():
+def test_live_sequences_return_to_zero():
     params = random_params(np.random.default_rng(1), n_layer=1, n_embd=16, n_head=2, n_vocab=50, n_ctx=32)
     model = _core.Model(params, 2)
     gc.collect()
-    base = _core.live_generations()
+    base = _core.live_sequences()
     options = generation_options(2, temperature=0.5, seed=1)
     gens = [model.start([[1, 2], [3]], 4, options) for _ in range(5)]
-    assert _core.live_generations() == base + 5
+    assert _core.live_sequences() == base + 5
     for g in gens[:2]:
         while not g.done:
             g.step()
-    assert _core.live_generations() == base + 5  # finished but still referenced: state kept
+    assert _core.live_sequences() == base + 5  # finished but still referenced: state kept
     del g
     gens.clear()
     gc.collect()
-    assert _core.live_generations() == base
+    assert _core.live_sequences() == base
     # generate() runs to the end inside C++ and keeps nothing, even when it fails half-way.
     gpt2gen.generate([[1], [2]], params, 2, 5)
     with pytest.raises(ZeroDivisionError):
         gpt2gen.generate([1], params, 2, 5, on_token=lambda t: 1 / 0)
     with pytest.raises(ValueError):
         model.start([[1]], 100, options)  # beyond n_ctx: refused before any state exists
-    assert _core.live_generations() == base
+    assert _core.live_sequences() == base
 
 
 def test_a_generation_keeps_its_model_and_arrays_alive():
@@ -161,7 +161,7 @@ def test_a_generation_keeps_its_model_and_arrays_alive():
     assert g.generated(0) == expected
     del g
     gc.collect()
-    assert _core.live_generations() == 0
+    assert _core.live_sequences() == 0
 
 
 # --- limits --------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_a_huge_batch_of_full_context_prompts_is_refused_with_the_number(big_par
     kv = _kv_bytes(BIG["n_layer"], BIG["n_embd"], np.dtype(dtype).itemsize, [1024] * batch) / GiB
     # The KV cache plus activations and sampler state, which are a few percent here.
     assert kv <= needed <= 1.05 * kv, (needed, kv)
-    assert _core.live_generations() == 0
+    assert _core.live_sequences() == 0
 
 
 def test_huge_requests_of_every_shape_are_refused(big_params):
@@ -227,7 +227,7 @@ def test_huge_requests_of_every_shape_are_refused(big_params):
     }
     for name, call in cases.items():
         assert _refused(call) > 100, name
-    assert _core.live_generations() == 0
+    assert _core.live_sequences() == 0
 
 
 REFUSAL_PEAK = """
@@ -277,7 +277,7 @@ ADDRESS_LIMIT = """
         outcome = "ValueError: " + str(e)
     timer.cancel()
     after = gpt2gen.generate([1, 2], params, 4, 5)  # still usable
-    print(json.dumps({"outcome": outcome, "after": len(after), "live": _core.live_generations()}))
+    print(json.dumps({"outcome": outcome, "after": len(after), "live": _core.live_sequences()}))
 """
 
 

@@ -94,12 +94,12 @@ def test_eos_stops_and_is_not_in_the_text(model):
 
 
 def test_breaking_out_of_a_stream_frees_the_generation(model):
-    assert _core.live_generations() == 0
+    assert _core.live_sequences() == 0
     for i, _ in enumerate(model.stream("abc", 100, ignore_eos=True)):
-        assert _core.live_generations() == 1
+        assert _core.live_sequences() == 1
         if i == 3:
             break
-    assert _core.live_generations() == 0
+    assert _core.live_sequences() == 0
 
 
 def test_batch_of_prompts_equals_each_alone(model):

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "forward_pass.hpp"
 #include "model.hpp"
 
 using namespace gpt2gen;
@@ -543,18 +544,21 @@ void BM_forward_decode(benchmark::State& state) {
   KVCache<float> cache(m.w, ctx + 1);
   Workspace<float> ws(m.w, ctx + 1, ctx + 1);
   std::vector<float> step(kVocab), all(size_t(ctx + 1) * kVocab);
-  Segment<float> prefill{&cache, ids.data(), ctx}, next{&cache, ids.data() + ctx, 1};
-  K().forward(m.w, &prefill, 1, ws, false, step.data());
-  K().forward(m.w, &next, 1, ws, false, step.data());
+  Chunk<float> prefill{&cache, ids.data(), ctx}, next{&cache, ids.data() + ctx, 1};
+  const int last = ctx - 1, first = 0;
+  forward_pass(m.w, &prefill, 1, ws, &last, 1, step.data());
+  forward_pass(m.w, &next, 1, ws, &first, 1, step.data());
   KVCache<float> cache_all(m.w, ctx + 1);
-  Segment<float> whole{&cache_all, ids.data(), ctx + 1};
-  K().forward(m.w, &whole, 1, ws, true, all.data());
+  Chunk<float> whole{&cache_all, ids.data(), ctx + 1};
+  std::vector<int> all_rows(ctx + 1);
+  for (int i = 0; i <= ctx; ++i) all_rows[i] = i;
+  forward_pass(m.w, &whole, 1, ws, all_rows.data(), ctx + 1, all.data());
   for (int v = 0; v < kVocab; ++v)
     if (step[v] != all[size_t(ctx) * kVocab + v])
       fail("forward: the decode step differs from the same position in a full forward");
   for (auto _ : state) {
     cache.length = ctx;
-    K().forward(m.w, &next, 1, ws, false, step.data());
+    forward_pass(m.w, &next, 1, ws, &first, 1, step.data());
     benchmark::DoNotOptimize(step.data());
   }
   set_counters(state, m.weight_bytes(), 0);
@@ -569,10 +573,11 @@ void BM_forward_prefill(benchmark::State& state) {
   KVCache<float> cache(m.w, n);
   Workspace<float> ws(m.w, n, n);
   std::vector<float> logits(kVocab);
-  Segment<float> prompt{&cache, ids.data(), n};
+  Chunk<float> prompt{&cache, ids.data(), n};
+  const int last = n - 1;
   for (auto _ : state) {
     cache.length = 0;
-    K().forward(m.w, &prompt, 1, ws, false, logits.data());
+    forward_pass(m.w, &prompt, 1, ws, &last, 1, logits.data());
     benchmark::DoNotOptimize(logits.data());
   }
   state.counters["tok/s"] = benchmark::Counter(n, benchmark::Counter::kIsIterationInvariantRate);

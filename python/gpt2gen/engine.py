@@ -7,15 +7,30 @@ is converted behind the caller's back.
 
 from __future__ import annotations
 
-import numbers
-import secrets
+import threading
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, _testing
+from .options import generation_options, seeds, token_count
+from .text_stream import RequestStream, TextAssembler, drive
 
 TokenIds = Sequence[int]
+
+
+class CancelToken:
+    """Cancels a running ``generate()`` from another thread (within one step)."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
 
 
 def forward(inputs: TokenIds, params: dict, n_head: int) -> np.ndarray:
@@ -36,39 +51,72 @@ def generate(
     repetition_penalty: float = 1.0,
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
+    logit_bias: Optional[dict] = None,
     seed: Union[int, Sequence[int], None] = None,
     eos_token_id: Union[int, Sequence[int], None] = None,
     context_overflow: str = "error",
     on_token: Optional[Callable] = None,
-    cancel: Optional[_core.CancelToken] = None,
+    cancel: Optional[CancelToken] = None,
 ) -> Union[list[int], list[list[int]]]:
     """Generates with a KV cache; returns only the new token ids (as picoGPT).
 
     The defaults are greedy decoding, so ``generate(inputs, params, n_head, n)`` is picoGPT's
     call. ``inputs`` may also be a list of prompts (a batch): they are generated together, one
-    matrix-matrix product per step, and a list of id lists comes back. See ``sampling_options``
-    for the sampling controls, ``eos_token_id`` to stop at an end token (it is included in the
-    output, as transformers does), ``context_overflow="slide"`` to run past ``n_ctx``.
+    matrix-matrix product per step, and a list of id lists comes back. See
+    ``gpt2gen.options.generation_options`` for the sampling controls, ``eos_token_id`` to stop
+    at an end token (it is included in the output, as transformers does),
+    ``context_overflow="slide"`` to run past ``n_ctx``.
 
-    The loop runs in C++ without the GIL. ``on_token(id)`` (``on_token(index, id)`` for a batch),
-    if given, is called per token and stops that sequence by returning ``False``; ``cancel``
-    (a ``CancelToken``) stops the generation from another thread.
+    The loop runs in C++ on its own thread, without the GIL. ``on_token(id)`` (``on_token(index,
+    id)`` for a batch), if given, is called per token and stops that sequence by returning
+    ``False``; ``cancel`` (a ``CancelToken``) stops the generation from another thread, and
+    Ctrl-C interrupts it; either way its memory is freed at once.
     """
     batch = is_batch(inputs)
     prompts = list(inputs) if batch else [inputs]
-    options = generation_options(
-        len(prompts), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty, seed=seed, eos_token_id=eos_token_id,
-        context_overflow=context_overflow)
     n_new = token_count(n_tokens_to_generate, "n_tokens_to_generate")
-    callback = on_token
-    if on_token is not None and not batch:
-        callback = lambda _, token: on_token(token)  # noqa: E731
-    if cancel is not None and not isinstance(cancel, _core.CancelToken):
+    seed_values = seeds(seed, len(prompts))
+    options = generation_options(
+        n_new, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, logit_bias=logit_bias, eos_token_id=eos_token_id,
+        context_overflow=context_overflow, max_new_tokens_name="n_tokens_to_generate")
+    if cancel is not None and not isinstance(cancel, CancelToken):
         raise TypeError("cancel must be a gpt2gen.CancelToken")
-    out = _core.Model(params, n_head).generate(prompts, n_new, options, callback, cancel)
+    model = _core.Model(params, n_head)
+    # The batch is generated together: a scheduler of its own, as wide as the batch, which
+    # refuses a batch that would not fit in memory at once.
+    n = len(prompts)
+    scheduler = _core.Scheduler(model, max_batch=max(n, 1), max_queue=max(n, 1))
+    try:
+        requests = scheduler.submit(prompts, [options], seeds=seed_values, together=True,
+                                    what="inputs")
+        streams = [RequestStream(r, _NoText(), int, [], on_token=_per_sequence(on_token, i, batch),
+                                 cancel=cancel) for i, r in enumerate(requests)]
+        drive(streams, cancel=cancel)
+    finally:
+        scheduler.shutdown()
+    out = [s.token_ids for s in streams]
     return out if batch else out[0]
+
+
+class _NoText(TextAssembler):
+    """Token ids only: the low-level API has no encoder."""
+
+    def __init__(self):
+        super().__init__(None, (), ())
+
+    def push(self, token: int) -> str:
+        return ""
+
+    def finish(self) -> str:
+        return ""
+
+
+def _per_sequence(on_token, index: int, batch: bool):
+    if on_token is None:
+        return None
+    return (lambda token: on_token(index, token)) if batch else on_token
 
 
 def is_batch(inputs) -> bool:
@@ -80,97 +128,8 @@ def is_batch(inputs) -> bool:
     return False
 
 
-def token_count(n, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n}")
-    if n > 2**31 - 1:
-        raise ValueError(f"{name} is too large: {n}")
-    return int(n)
-
-
-def _number(name, value, kind=numbers.Real) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind):
-        what = "an int" if kind is numbers.Integral else "a number"
-        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
-
-
-def _float(name, value) -> float:
-    _number(name, value)
-    try:
-        return float(value)
-    except OverflowError:
-        raise ValueError(f"{name} is out of range: {value}") from None
-
-
-def _id_list(name, value, count=None) -> list[int]:
-    values = [value] if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise TypeError(f"{name} must be an int or a list of ints, got {type(value).__name__}")
-    values = list(values)
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name} must be an int or a list of ints, got {v!r}")
-    if count is not None and len(values) not in (1, count):
-        raise ValueError(f"{name} needs one value or one per prompt ({count}), got {len(values)}")
-    return [int(v) for v in values]
-
-
-def sampling_options(*, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-                     presence_penalty=0.0, frequency_penalty=0.0) -> dict:
-    """The token-choice controls, applied in transformers' order.
-
-    - ``repetition_penalty`` (transformers): over the ids of the prompt and the output, positive
-      logits are divided by it and negative ones multiplied; 1 disables it. Applies when greedy.
-    - ``presence_penalty``, ``frequency_penalty`` (OpenAI): subtract
-      ``presence·[count > 0] + frequency·count`` over the ids generated so far; in [-2, 2].
-    - ``temperature``: logits are divided by it; 0 means greedy (argmax, ties to the lowest id).
-    - ``top_k`` (0 = off), ``top_p`` (nucleus, 1 = off), ``min_p`` (0 = off), in that order,
-      as transformers' warpers.
-    Ranges are checked by the engine (ValueError); types here (TypeError).
-    """
-    _number("top_k", top_k, numbers.Integral)
-    if not -(2**31) <= top_k < 2**31:
-        raise ValueError(f"top_k is out of range: {top_k}")
-    return {"temperature": _float("temperature", temperature), "top_k": int(top_k),
-            "top_p": _float("top_p", top_p), "min_p": _float("min_p", min_p),
-            "repetition_penalty": _float("repetition_penalty", repetition_penalty),
-            "presence_penalty": _float("presence_penalty", presence_penalty),
-            "frequency_penalty": _float("frequency_penalty", frequency_penalty)}
-
-
-def generation_options(n_prompts: int, *, seed=None, eos_token_id=None, context_overflow="error",
-                       logprobs: Optional[int] = None, **sampling) -> dict:
-    """Every option of a generation, type-checked, in the form the C++ engine takes."""
-    options = sampling_options(**sampling)
-    if seed is None:  # a fresh seed per call, like an unseeded transformers/NumPy generation
-        seeds = [secrets.randbits(64)]
-    else:
-        seeds = _id_list("seed", seed, n_prompts)
-        for s in seeds:
-            if not 0 <= s < 2**64:
-                raise ValueError(f"seed must be in [0, 2**64), got {s}")
-    options["seeds"] = seeds * n_prompts if len(seeds) == 1 else seeds
-    options["eos_token_ids"] = [] if eos_token_id is None else _id_list("eos_token_id", eos_token_id)
-    for eos in options["eos_token_ids"]:
-        if not 0 <= eos < 2**31:
-            raise ValueError(f"eos_token_id {eos} is not a token id")
-    if context_overflow not in ("error", "slide"):
-        raise ValueError(f"context_overflow must be 'error' or 'slide', got {context_overflow!r}")
-    options["slide_context"] = context_overflow == "slide"
-    if logprobs is None:
-        options["top_logprobs"] = -1
-    else:
-        _number("logprobs", logprobs, numbers.Integral)
-        if not 0 <= logprobs <= 1000:
-            raise ValueError(f"logprobs (alternatives per token) must be in [0, 1000], got {logprobs}")
-        options["top_logprobs"] = int(logprobs)
-    return options
-
-
 def processed_probabilities(logits: np.ndarray, prompt_ids: TokenIds = (), output_ids: TokenIds = (),
                             **sampling) -> np.ndarray:
     """The distribution the next token is drawn from, after every processor (float64)."""
-    return _core.processed_probabilities(logits, list(prompt_ids), list(output_ids),
-                                         sampling_options(**sampling))
+    return _testing.processed_probabilities(logits, list(prompt_ids), list(output_ids),
+                                            generation_options(0, **sampling))

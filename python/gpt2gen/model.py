@@ -1,107 +1,23 @@
 """A loaded model and its tokenizer: text in, text out, with transformers' keyword names.
 
-``GPT2`` drives the C++ engine one step at a time (each step runs without the GIL and advances
-every sequence of the batch by one token); between steps it turns tokens into text, matches stop
-strings and feeds the stream. Token choice (sampling, penalties, EOS) happens in C++.
+Every generation runs on the model's scheduler (continuous batching, on its own thread without
+the GIL): calls from several threads, streams and the asyncio engine share its batch, and each
+request's output is the same as if it ran alone. The calling thread turns tokens into text,
+matches stop strings and feeds the stream.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-import numpy as np
-
 from . import _core
-from .engine import generation_options, token_count
+from .options import generation_options, seeds
+from .results import Completion, Delta, Score, TokenLogprob
+from .scheduler import SchedulerHost
+from .text_stream import RequestStream, TextAssembler, close, drive
 
-
-@dataclass
-class TokenLogprob:
-    token: int
-    text: str
-    logprob: float
-    # The most likely alternatives at this step: (token, text, logprob), best first.
-    top: list = field(default_factory=list)
-
-
-@dataclass
-class Completion:
-    text: str
-    token_ids: list  # the new ids, including a final EOS id if one stopped the generation
-    finish_reason: str  # "length", "eos", "stop" (a stop string) or "cancelled"
-    logprobs: Optional[list] = None  # TokenLogprob per new token, when asked for
-
-    def __str__(self) -> str:
-        return self.text
-
-
-@dataclass
-class Score:
-    token_ids: list  # the scored tokens: every token after the first
-    logprobs: np.ndarray  # log p(token | the tokens before it)
-
-    @property
-    def total(self) -> float:
-        return float(np.sum(self.logprobs))
-
-    @property
-    def perplexity(self) -> float:
-        return float(np.exp(-np.mean(self.logprobs))) if len(self.logprobs) else float("nan")
-
-
-class _TextAssembler:
-    """The text of one sequence's new tokens, piece by piece, with stop strings held back.
-
-    A piece is released only once no stop string can still match across it, so the streamed
-    pieces always join to the final text.
-    """
-
-    def __init__(self, encoder, stop_strings: Sequence[str], eos_ids: Sequence[int]):
-        self._encoder = encoder
-        self._incremental = encoder.decoder() if hasattr(encoder, "decoder") else None
-        self._ids: list[int] = []
-        self._stop = [s for s in stop_strings if s]
-        self._eos = set(eos_ids)
-        self.text = ""  # decoded so far
-        self.released = 0  # characters of text already given out
-        self.stopped = False
-
-    def push(self, token: int) -> str:
-        if token in self._eos:  # the EOS token ends the text; it is not part of it
-            return ""
-        if self._incremental is not None:
-            self.text += self._incremental.push(token)
-        else:  # a word-level encoder: decoding a longer sequence extends the text
-            self._ids.append(token)
-            self.text = self._encoder.decode(self._ids)
-        return self._release(final=False)
-
-    def finish(self) -> str:
-        if self._incremental is not None and not self.stopped:
-            self.text += self._incremental.flush()
-            self._match()
-        return self._release(final=True)
-
-    def _match(self) -> None:
-        start = max(0, self.released - max((len(s) for s in self._stop), default=0))
-        found = [i for i in (self.text.find(s, start) for s in self._stop) if i >= 0]
-        if found:
-            self.text = self.text[: min(found)]
-            self.stopped = True
-
-    def _release(self, final: bool) -> str:
-        self._match()
-        end = len(self.text)
-        if not final and not self.stopped:  # keep back a tail that may begin a stop string
-            for s in self._stop:
-                for k in range(min(len(s) - 1, len(self.text)), 0, -1):
-                    if s.startswith(self.text[-k:]):
-                        end = min(end, len(self.text) - k)
-                        break
-        piece = self.text[self.released : end]
-        self.released = max(self.released, end)
-        return piece
+__all__ = ["GPT2", "Completion", "Delta", "Score", "TokenLogprob", "TextAssembler"]
+_TextAssembler = TextAssembler  # the name the tests and older code use
 
 
 class GPT2:
@@ -113,22 +29,29 @@ class GPT2:
     ...     print(piece, end="", flush=True)
     >>> model.score("Hello world").perplexity
 
-    A ``GPT2`` may be shared by threads: each call has its own generation state.
+    A ``GPT2`` may be shared by threads: their generations join one running batch.
+    ``max_batch`` sequences decode together; ``step_tokens`` bounds the positions of one forward
+    pass (decode rows plus chunks of new prompts).
     """
 
-    def __init__(self, encoder, hparams: dict, params: dict):
+    def __init__(self, encoder, hparams: dict, params: dict, *, max_batch: int = 16,
+                 max_queue: int = 256, step_tokens: int = 256):
         self.encoder = encoder
         self.hparams = hparams
         self.params = params
         self.engine = _core.Model(params, hparams["n_head"])
         self.eos_token_id = getattr(encoder, "eos_token_id", None)
+        self.scheduler = SchedulerHost(self.engine, max_batch=max_batch, max_queue=max_queue,
+                                       step_tokens=step_tokens)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, models_dir=None, **load_options) -> "GPT2":
+    def from_pretrained(cls, name_or_path, models_dir=None, *, max_batch: int = 16,
+                        max_queue: int = 256, step_tokens: int = 256, **load_options) -> "GPT2":
         """A model name (``gpt2`` ... ``gpt2-xl``, ``124M`` ... ``1558M``) or a local directory."""
         from .checkpoint import load_pretrained
 
-        return cls(*load_pretrained(name_or_path, models_dir, **load_options))
+        return cls(*load_pretrained(name_or_path, models_dir, **load_options),
+                   max_batch=max_batch, max_queue=max_queue, step_tokens=step_tokens)
 
     @classmethod
     def exercise(cls) -> "GPT2":
@@ -147,6 +70,11 @@ class GPT2:
     def decode(self, ids) -> str:
         return self.encoder.decode(list(ids))
 
+    def close(self) -> None:
+        """Cancels the generations in flight and stops the scheduler's thread (a later call
+        starts a new one). Also done at interpreter exit."""
+        self.scheduler.close()
+
     def generate(
         self,
         prompt: Union[str, Sequence[str]],
@@ -160,11 +88,13 @@ class GPT2:
         repetition_penalty: float = 1.0,
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
+        logit_bias: Optional[dict] = None,
         seed: Union[int, Sequence[int], None] = None,
         eos_token_id: Union[int, Sequence[int], None] = None,
         ignore_eos: bool = False,
         stop_strings: Union[str, Sequence[str], None] = None,
         logprobs: Optional[int] = None,
+        prompt_logprobs: Optional[int] = None,
         context_overflow: str = "error",
         on_text: Optional[Callable] = None,
     ) -> Union[Completion, list]:
@@ -175,38 +105,60 @@ class GPT2:
         stops at ``max_new_tokens``, at the encoder's end-of-text token (or ``eos_token_id``;
         ``ignore_eos=True`` generates through it) or when a stop string appears in its text
         (the text is cut before it). ``logprobs=N`` records each token's log-probability and
-        its N most likely alternatives (after penalties and temperature, before truncation).
-        ``on_text(piece)`` (``on_text(index, piece)`` for a list) sees the text as it grows.
+        its N most likely alternatives (after penalties and temperature, before truncation);
+        ``prompt_logprobs=N`` does the same for the prompt's tokens from the model's raw
+        distribution (as ``score``). ``logit_bias`` ({token id: bias in [-100, 100]}) is added to
+        the logits first. ``on_text(piece)`` (``on_text(index, piece)`` for a list) sees the text
+        as it grows. Ctrl-C cancels the generation and frees its memory.
         """
         batch = isinstance(prompt, (list, tuple))
         prompts = list(prompt) if batch else [prompt]
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise TypeError("prompt must be a str or a non-empty list of str")
-        callback = on_text
-        if on_text is not None and not batch:
-            callback = lambda _, piece: on_text(piece)  # noqa: E731
-        completions = self._run(prompts, max_new_tokens, callback, dict(
-            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, seed=seed, eos_token_id=eos_token_id,
-            ignore_eos=ignore_eos, stop_strings=stop_strings, logprobs=logprobs,
-            context_overflow=context_overflow))
+        options = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, repetition_penalty=repetition_penalty,
+                       presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                       logit_bias=logit_bias, seed=seed, eos_token_id=eos_token_id,
+                       ignore_eos=ignore_eos, stop_strings=stop_strings, logprobs=logprobs,
+                       prompt_logprobs=prompt_logprobs, context_overflow=context_overflow)
+        streams = self._submit([self.encode(p) for p in prompts], max_new_tokens, options)
+        callback = None
+        if on_text is not None:
+            callback = (lambda i, d: on_text(i, d.text) if d.text else None) if batch else \
+                (lambda _, d: on_text(d.text) if d.text else None)
+        drive(streams, callback)
+        completions = [s.completion() for s in streams]
         return completions if batch else completions[0]
 
     def stream(self, prompt: str, max_new_tokens: int = 50, **options) -> Iterator[str]:
         """Yields the text of ``generate(prompt, ...)`` as it is produced.
 
         Pieces never split a UTF-8 character and join to exactly ``generate(...).text``.
-        Leaving the loop early (``break``) frees the generation at once.
+        Leaving the loop early (``break``) cancels the generation and frees it at once.
         """
-        if not isinstance(prompt, str):
-            raise TypeError("stream() takes one prompt (a str); batch with generate(on_text=...)")
-        generation, assemblers = self._start([prompt], max_new_tokens, options)
+        for delta in self.stream_deltas(prompt, max_new_tokens, **options):
+            if delta.text:
+                yield delta.text
+
+    def stream_deltas(self, prompt: Union[str, Sequence[int]], max_new_tokens: int = 50,
+                      **options) -> Iterator[Delta]:
+        """Like ``stream``, with each piece's token ids (and logprobs, when asked for)."""
+        if isinstance(prompt, str):
+            ids = self.encode(prompt)
+        elif isinstance(prompt, (list, tuple)) and not any(isinstance(p, str) for p in prompt):
+            ids = list(prompt)
+        else:
+            raise TypeError("stream() takes one prompt (a str or token ids); batch with "
+                            "generate(on_text=...)")
+        (stream,) = self._submit([ids], max_new_tokens, options)
         try:
-            for _, piece in self._pieces(generation, assemblers):
-                yield piece
+            while not stream.done:
+                stream.request.wait(0.05)
+                delta = stream.poll()
+                if delta is not None:
+                    yield delta
         finally:
-            del generation  # the KV cache goes now, not when the iterator is collected
+            close([stream])
 
     def score(self, text_or_ids: Union[str, Sequence[int]]) -> Score:
         """Per-token log-probabilities of a text (or ids): log p(t_i | t_<i) for i >= 1.
@@ -217,9 +169,11 @@ class GPT2:
         ids = self.encode(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
         return Score(token_ids=ids[1:], logprobs=self.engine.score(ids))
 
-    # --- the loop ---------------------------------------------------------------------------
+    # --- requests ---------------------------------------------------------------------------
 
-    def _start(self, prompts, max_new_tokens, options):
+    def _submit(self, prompt_ids: list, max_new_tokens, options: dict,
+                bounded: bool = False) -> list[RequestStream]:
+        """Queues one request per prompt on the scheduler; returns their streams."""
         options = dict(options)
         stop_strings = options.pop("stop_strings", None)
         if isinstance(stop_strings, str):
@@ -237,41 +191,16 @@ class GPT2:
             eos = None
         elif eos is None:
             eos = self.eos_token_id
-        options = generation_options(len(prompts), eos_token_id=eos, **options)
-        n_new = token_count(max_new_tokens, "max_new_tokens")
-        generation = self.engine.start([self.encode(p) for p in prompts], n_new, options)
-        eos_ids = options["eos_token_ids"]
-        assemblers = [_TextAssembler(self.encoder, stop_strings, eos_ids) for _ in prompts]
-        return generation, assemblers
+        seed_values = seeds(options.pop("seed", None), len(prompt_ids))
+        core_options = generation_options(max_new_tokens, eos_token_id=eos, **options)
+        requests = self.scheduler.scheduler.submit(prompt_ids, [core_options], seeds=seed_values,
+                                                   bounded=bounded)
+        eos_ids = list(core_options.eos_token_ids)
+        return [RequestStream(r, TextAssembler(self.encoder, stop_strings, eos_ids),
+                              self._token_text, list(ids),
+                              want_logprobs=options.get("logprobs") is not None,
+                              want_prompt_logprobs=options.get("prompt_logprobs") is not None)
+                for r, ids in zip(requests, prompt_ids)]
 
-    @staticmethod
-    def _pieces(generation, assemblers):
-        """Steps the generation, yielding (sequence, piece) for every non-empty piece of text."""
-        while not generation.done:
-            for i, token in generation.step():
-                piece = assemblers[i].push(token)
-                if assemblers[i].stopped:
-                    generation.stop(i)
-                if piece:
-                    yield i, piece
-        for i, assembler in enumerate(assemblers):
-            piece = assembler.finish()
-            if piece:
-                yield i, piece
-
-    def _run(self, prompts, max_new_tokens, on_text, options) -> list:
-        generation, assemblers = self._start(prompts, max_new_tokens, options)
-        for i, piece in self._pieces(generation, assemblers):
-            if on_text is not None:
-                on_text(i, piece)
-        want_logprobs = options.get("logprobs") is not None
-        return [self._completion(generation, i, a, want_logprobs) for i, a in enumerate(assemblers)]
-
-    def _completion(self, generation, i, assembler, want_logprobs) -> Completion:
-        reason = "stop" if assembler.stopped else generation.finish_reason(i)
-        logprobs = None
-        if want_logprobs:
-            text = lambda t: self.decode([t])  # noqa: E731
-            logprobs = [TokenLogprob(t, text(t), lp, [(a, text(a), alp) for a, alp in top])
-                        for t, lp, top in generation.logprobs(i)]
-        return Completion(assembler.text, generation.generated(i), reason, logprobs)
+    def _token_text(self, token: int) -> str:
+        return self.decode([token])

@@ -1,0 +1,163 @@
+// The _testing module: each kernel on its own and the token-choice distribution, for the tests
+// against the NumPy reference and transformers. Not part of the public API.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "common.hpp"
+#include "generation.hpp"
+#include "sampling.hpp"
+
+namespace gpt2gen::bindings {
+
+namespace {
+
+// The distribution sampling draws from after every processor, for tests against transformers.
+py::array processed_probabilities(py::handle logits_obj, py::handle prompt_obj, py::handle output_obj,
+                                  const GenerationOptions& options) {
+  return dispatch_array(logits_obj, [&](auto t) -> py::array {
+    using T = decltype(t);
+    if (py::reinterpret_borrow<py::array>(logits_obj).ndim() != 1)
+      throw py::value_error("logits must be 1-D");
+    auto logits = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(logits_obj);
+    const int n_vocab = static_cast<int>(logits.size());
+    if (n_vocab == 0) throw py::value_error("logits must not be empty");
+    options.sampling.validate(n_vocab);
+    Sampler sampler(options.sampling, n_vocab, token_ids(prompt_obj, n_vocab, "prompt_ids"));
+    for (int32_t token : token_ids(output_obj, n_vocab, "output_ids")) sampler.observe(token);
+    const std::vector<double> probs = sampler.probabilities(logits.data());
+    return py::array(py::ssize_t(probs.size()), probs.data());
+  });
+}
+
+// --- kernels, one by one, for the tests against the NumPy reference -------------------------
+
+template <typename T>
+py::array_t<T> as_array(py::handle obj, const char* name, int ndim) {
+  if (!py::isinstance<py::array_t<T>>(obj))
+    throw py::type_error(std::string(name) + " must be a " + dtype_name<T>() + " array");
+  auto arr = py::reinterpret_borrow<py::array_t<T>>(obj);
+  if (!(arr.flags() & py::array::c_style))
+    throw py::type_error(std::string(name) + " must be C-contiguous");
+  if (arr.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D");
+  return arr;
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw py::value_error(message);
+}
+
+void bind_kernels(py::module_& m) {
+  m.def("layer_norm", [](py::handle x_obj, py::handle g_obj, py::handle b_obj) {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 2), g = as_array<T>(g_obj, "g", 1),
+           b = as_array<T>(b_obj, "b", 1);
+      const int n = x.shape(0), d = x.shape(1);
+      require(d > 0 && g.shape(0) == d && b.shape(0) == d, "g and b must have x.shape[1] elements");
+      py::array_t<T> out({n, d});
+      T* o = out.mutable_data();
+      py::gil_scoped_release release;
+      backend().kernels<T>().layer_norm(x.data(), n, d, {g.data(), b.data()}, o);
+      return out;
+    });
+  });
+  m.def("gelu", [](py::handle x_obj) {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 1);
+      py::array_t<T> out(x.size());
+      std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+      backend().kernels<T>().gelu(out.mutable_data(), out.size());
+      return out;
+    });
+  });
+  m.def("softmax", [](py::handle x_obj) {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 1);
+      require(x.size() > 0, "x must not be empty");
+      py::array_t<T> out(x.size());
+      std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+      backend().kernels<T>().softmax(out.mutable_data(), out.size());
+      return out;
+    });
+  });
+  m.def("linear", [](py::handle x_obj, py::handle w_obj, py::handle b_obj) {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 2), w = as_array<T>(w_obj, "w", 2),
+           b = as_array<T>(b_obj, "b", 1);
+      const int n = x.shape(0), d_in = x.shape(1), d_out = w.shape(1);
+      require(w.shape(0) == d_in && b.shape(0) == d_out, "shapes must be x[n, in], w[in, out], b[out]");
+      py::array_t<T> out({n, d_out});
+      T* o = out.mutable_data();
+      py::gil_scoped_release release;
+      backend().kernels<T>().linear(x.data(), n, {w.data(), b.data(), d_in, d_out}, o);
+      return out;
+    });
+  });
+  m.def("unembed", [](py::handle x_obj, py::handle wte_obj) {
+    return dispatch_array(x_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto x = as_array<T>(x_obj, "x", 2), wte = as_array<T>(wte_obj, "wte", 2);
+      const int n = x.shape(0), d = x.shape(1), n_vocab = wte.shape(0);
+      require(wte.shape(1) == d, "shapes must be x[n, d], wte[n_vocab, d]");
+      py::array_t<T> out({n, n_vocab});
+      T* o = out.mutable_data();
+      py::gil_scoped_release release;
+      backend().kernels<T>().unembed(x.data(), n, wte.data(), Packed{}, n_vocab, d, o);
+      return out;
+    });
+  });
+  m.def("embedding", [](py::handle wte_obj, py::handle wpe_obj, py::handle ids_obj, int pos0) {
+    return dispatch_array(wte_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto wte = as_array<T>(wte_obj, "wte", 2), wpe = as_array<T>(wpe_obj, "wpe", 2);
+      const int d = wte.shape(1);
+      require(wpe.shape(1) == d, "wte and wpe must have the same width");
+      const std::vector<int32_t> ids = token_ids(ids_obj, wte.shape(0), "ids");
+      require(pos0 >= 0 && pos0 + ids.size() <= size_t(wpe.shape(0)), "positions exceed wpe");
+      py::array_t<T> out({py::ssize_t(ids.size()), py::ssize_t(d)});
+      backend().kernels<T>().embedding(wte.data(), Packed{}, wpe.data(), d, ids.data(), ids.size(), pos0,
+                                       out.mutable_data());
+      return out;
+    });
+  });
+  m.def("attention", [](py::handle qkv_obj, int n_head) {
+    return dispatch_array(qkv_obj, [&](auto t) -> py::object {
+      using T = decltype(t);
+      auto qkv = as_array<T>(qkv_obj, "qkv", 2);
+      const int n = qkv.shape(0), d = qkv.shape(1) / 3;
+      require(n > 0 && n_head > 0 && qkv.shape(1) == 3 * d && d % n_head == 0,
+              "qkv must be [n, 3 * n_embd] with n_head dividing n_embd");
+      py::array_t<T> out({n, d});
+      T* o = out.mutable_data();
+      py::gil_scoped_release release;
+      std::vector<T> keys(size_t(n) * d), values(keys.size()), scores(size_t(n_head) * n);
+      backend().kernels<T>().attention(qkv.data(), n, d, n_head, 0, keys.data(), values.data(), n,
+                                       scores.data(), o);
+      return out;
+    });
+  });
+}
+
+}  // namespace
+
+}  // namespace gpt2gen::bindings
+
+using namespace gpt2gen;
+using namespace gpt2gen::bindings;
+
+PYBIND11_MODULE(_testing, m) {
+  m.doc() = "gpt2gen's kernels one by one, for tests and benchmarks";
+  py::module_::import("gpt2gen._core");  // GenerationOptions
+  m.def("processed_probabilities", &processed_probabilities, py::arg("logits"),
+        py::arg("prompt_ids"), py::arg("output_ids"), py::arg("options"));
+  bind_kernels(m);
+}
