@@ -6,8 +6,8 @@ x 1 thread, and 1 actor x 2 threads), on random weights of the GPT-2 124M shape 
     python benchmarks/bench_batch.py --out benchmarks/results/batch-2cores
     python benchmarks/bench_batch.py --prompts 32 --new-tokens 8 --repeats 1      # a quick look
 
-* in-process: ``RowRunner`` over batches of ``--batch-size`` rows on one ``GPT2`` with
-  ``set_num_threads(2)``: what ``gpt2gen batch`` does without ``--ray``;
+* in-process: what ``gpt2gen batch --threads 2`` runs without ``--ray`` (its ``run_in_process``:
+  batches of ``--batch-size`` rows, two in flight, on one ``GPT2``);
 * Ray: ``build_processor(ProcessorConfig(concurrency=A, num_threads=T, batch_size=...))`` on a
   dataset of the same rows, on a local cluster of ``--cpus`` CPUs started once beforehand (its
   start-up time is reported apart); each Ray figure includes starting the actors and loading the
@@ -59,16 +59,12 @@ def make_prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def run_in_process(model_dir, prompts, args, threads):
-    import gpt2gen
-    from gpt2gen.batch_rows import RowRunner
+    from gpt2gen import batch_cli
 
-    gpt2gen.set_num_threads(threads)
-    model = gpt2gen.GPT2.from_pretrained(model_dir)
-    runner = RowRunner(model, sampling_params(args))
-    rows = []
-    for i in range(0, len(prompts), args.batch_size):
-        rows += runner.run(prompts[i:i + args.batch_size])
-    return [r["generated_token_ids"] for r in rows]
+    command = batch_cli.parse_args(["--model", model_dir, "--input", "-", "--output", "-", "--threads", str(threads),
+                                    "--batch-size", str(args.batch_size), *sampling_flags(args)])
+    rows = sorted(batch_cli.run_in_process(command, [(i, p, None) for i, p in enumerate(prompts)]), key=lambda r: r[0])
+    return [out["generated_token_ids"] for _, out in rows]
 
 
 def run_on_ray(model_dir, prompts, args, actors, threads):
@@ -88,6 +84,10 @@ def sampling_params(args) -> dict:
     return {"max_tokens": args.new_tokens, "temperature": 0.0, "ignore_eos": True}
 
 
+def sampling_flags(args) -> list:
+    return ["--max-tokens", str(args.new_tokens), "--temperature", "0", "--ignore-eos"]
+
+
 def main():
     args = parse_args()
     import ray
@@ -98,7 +98,7 @@ def main():
             build(model_dir, n_layer=12, n_embd=768, n_head=12, n_vocab=50257, n_ctx=1024)
         prompts = make_prompts(args.prompts)
         start = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
         ray_start = time.perf_counter() - start
         ray.data.DataContext.get_current().enable_progress_bars = False
 

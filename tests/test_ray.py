@@ -30,7 +30,7 @@ from isolated import isolated_env  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -123,6 +123,7 @@ def test_predictor_maps_the_weights_read_only(model_dir):
     (dict(concurrency=(3, 2)), "min <= max"),
     (dict(concurrency="2"), "concurrency must be an int"),
     (dict(num_threads=1.5), "num_threads must be an int"),
+    (dict(max_concurrent_batches=0), "max_concurrent_batches must be >= 1"),
     (dict(dtype="fp16"), "dtype must be one of float32, bf16, int8"),
     (dict(task="embed"), "task must be one of generate, score"),
     (dict(sampling_params={"max_token": 3}), "unknown parameter 'max_token'"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -52,8 +53,9 @@ def parse_args(argv):
                    help="run on Ray: a new local cluster (or RAY_ADDRESS's), or the cluster at ADDRESS "
                    "(host:6379 of a `ray start --head`, or auto)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="rows per engine batch (default: 16)")
-    p.add_argument("--concurrency", type=int, default=1, metavar="N",
-                   help="with --ray: actors (model copies); in-process: batches in flight (default: 1)")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="with --ray: actors (model copies, default: 1); in-process: batches in flight on "
+                   "the one model (default: 2, so the next batch's rows fill the places of finished ones)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="engine threads per model copy (default: the cores in-process, 1 per actor with --ray)")
     p.add_argument("--dtype", choices=["float32", "bf16", "int8"], default="float32",
@@ -106,18 +108,19 @@ def run_in_process(args, rows: list) -> Iterator[tuple[int, dict]]:
 
     if args.threads is not None:
         gpt2gen.set_num_threads(args.threads)
-    model = gpt2gen.GPT2.from_pretrained(args.model, args.models_dir, dtype=args.dtype)
+    model = gpt2gen.GPT2.from_pretrained(args.model, args.models_dir, dtype=args.dtype, max_batch=args.batch_size)
     runner = RowRunner(model, default_sampling_params(args), task="score" if args.score else "generate")
 
     def run(batch):
         outputs = runner.run([prompt for _, prompt, _ in batch], [params for _, _, params in batch])
         return [(key, out) for (key, _, _), out in zip(batch, outputs)]
 
+    in_flight = args.concurrency or 2
     batches = [rows[i:i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
-    with ThreadPoolExecutor(args.concurrency) as pool:
+    with ThreadPoolExecutor(in_flight) as pool:
         pending = set()
         for batch in batches:
-            if len(pending) >= args.concurrency:  # keep just `concurrency` batches in flight
+            if len(pending) >= in_flight:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     yield from future.result()
@@ -149,12 +152,14 @@ def run_on_ray(args, rows: list) -> Iterator[tuple[int, dict]]:
     from .ray_data import ProcessorConfig, build_processor
 
     config = ProcessorConfig(
-        model_source=args.model, batch_size=args.batch_size, concurrency=args.concurrency,
+        model_source=args.model, batch_size=args.batch_size, concurrency=args.concurrency or 1,
         num_threads=args.threads or 1, dtype=args.dtype, sampling_params=default_sampling_params(args),
         task="score" if args.score else "generate", models_dir=args.models_dir)
     started = not ray.is_initialized()
     if started:
-        ray.init(address=args.ray or None, logging_level="WARNING")
+        # A bare --ray: RAY_ADDRESS's cluster, else a new one ("local": not whichever cluster
+        # this machine last ran, as Ray's default would).
+        ray.init(address=args.ray or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
     try:
         # A wrong --model would kill each actor as it starts, in a long Ray traceback; one task
         # on the cluster says it in one line first.

@@ -12,7 +12,8 @@
 Rows have a ``prompt`` (text, or token ids) and optionally ``sampling_params`` with OpenAI's
 names overriding the config's (see ``gpt2gen.batch_rows``). Underneath, ``GPT2Predictor`` is the
 callable class ``Dataset.map_batches`` runs: one actor per model copy (``concurrency``), each
-reserving ``num_threads`` CPUs and loading the model once. float32 weights are a read-only
+reserving ``num_threads`` CPUs, loading the model once and running ``max_concurrent_batches``
+batches at once on its continuous-batching scheduler. float32 weights are a read-only
 ``mmap`` of ``model.safetensors`` (``gpt2gen.load_pretrained``), so the actors of one node share
 one copy in the page cache; ``dtype="bf16"``/``"int8"`` pack a private copy per actor.
 
@@ -67,8 +68,12 @@ class ProcessorConfig:
 
     - ``model_source``: a model directory (present at that path on every node) or a model name
       (``gpt2`` ...; each node downloads it once into ``models_dir`` or the Hugging Face cache).
-    - ``batch_size``: rows per ``map_batches`` batch; each batch is generated as one engine batch.
+    - ``batch_size``: rows per ``map_batches`` batch, and the engine's running batch (its
+      ``max_batch``): a batch's rows decode together.
     - ``concurrency``: actors (model copies), or ``(min, max)`` for an autoscaling pool.
+    - ``max_concurrent_batches``: batches each actor works on at once; from the second on, their
+      rows join the running batch as the first batch's rows finish (continuous batching), so it
+      stays full.
     - ``num_threads``: engine threads per actor; each actor reserves that many CPUs.
     - ``dtype``: ``float32`` (mapped from the file), ``bf16`` or ``int8`` (packed per actor).
     - ``sampling_params``: every row's defaults, OpenAI's names (a row's own override them).
@@ -79,6 +84,7 @@ class ProcessorConfig:
     model_source: Union[str, os.PathLike]
     batch_size: int = 16
     concurrency: Union[int, tuple] = 1
+    max_concurrent_batches: int = 2
     num_threads: int = 1
     dtype: str = "float32"
     sampling_params: dict = field(default_factory=dict)
@@ -92,6 +98,7 @@ class ProcessorConfig:
         self.model_source = os.fspath(self.model_source)  # a str travels to the actors as it is
         _positive_int("batch_size", self.batch_size)
         _positive_int("num_threads", self.num_threads)
+        _positive_int("max_concurrent_batches", self.max_concurrent_batches)
         if isinstance(self.concurrency, tuple):
             if len(self.concurrency) != 2:
                 raise ValueError(f"concurrency must be an int or a (min, max) pair, got {self.concurrency!r}")
@@ -117,7 +124,8 @@ class GPT2Predictor:
         import gpt2gen
 
         gpt2gen.set_num_threads(config.num_threads)
-        self.model = gpt2gen.GPT2.from_pretrained(config.model_source, config.models_dir, dtype=config.dtype)
+        self.model = gpt2gen.GPT2.from_pretrained(config.model_source, config.models_dir, dtype=config.dtype,
+                                                  max_batch=config.batch_size)
         self.runner = RowRunner(self.model, config.sampling_params, task=config.task,
                                 fail_fast=config.fail_fast)
 
@@ -161,9 +169,12 @@ class Processor:
             dataset = dataset.map(self.preprocess, **self.preprocess_map_kwargs)
         config = self.config
         if isinstance(config.concurrency, tuple):
-            pool = ray.data.ActorPoolStrategy(min_size=config.concurrency[0], max_size=config.concurrency[1])
+            sizes = dict(min_size=config.concurrency[0], max_size=config.concurrency[1])
         else:
-            pool = ray.data.ActorPoolStrategy(size=config.concurrency)
+            sizes = dict(size=config.concurrency)
+        # Batches of one actor run in threads, all on the actor's one model and its scheduler.
+        pool = ray.data.ActorPoolStrategy(**sizes, max_concurrent_calls_per_actor=config.max_concurrent_batches,
+                                          enable_true_multi_threading=config.max_concurrent_batches > 1)
         dataset = dataset.map_batches(
             GPT2Predictor, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size,
             batch_format="pyarrow", compute=pool, num_cpus=config.num_threads)
