@@ -211,7 +211,7 @@ def test_resume_removes_a_cut_line_and_refuses_a_foreign_output(tmp_path, model_
     assert out.read_bytes() == reference  # untouched
     short = write_lines(tmp_path / "short.jsonl", kill_test_requests(7)[:2])
     code, err = run_batch(capsys, "--model", model_dir, "--input", short, "--output", out)
-    assert code == 1 and "has 7 lines but" in err
+    assert code == 1 and "has more lines than" in err
 
 
 # --- failures -----------------------------------------------------------------------------------
@@ -267,3 +267,17 @@ def test_the_command_line_shows_progress(tmp_path, model_dir, model):
     assert "row/s" in result.stderr and "tok/s" in result.stderr  # the progress bar
     line, = read_lines(out)
     assert line["generated_text"] == expected_generation(model, "hello", {"temperature": 0})["generated_text"]
+
+
+def test_ray_missing_is_one_line(tmp_path, model_dir):
+    src = write_lines(tmp_path / "in.jsonl", [{"prompt": "x"}])
+    code = ("import sys; sys.modules['ray'] = None  # as if Ray were not installed\n"
+            "from gpt2gen.cli import main\n"
+            f"sys.exit(main(['batch', '--model', {str(model_dir)!r}, '--input', {str(src)!r}, "
+            f"'--output', {str(tmp_path / 'out.jsonl')!r}, '--ray', '--no-progress']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=isolated_env())
+    assert result.returncode == 1
+    assert result.stderr.startswith("gpt2gen batch: error: gpt2gen.ray_data needs Ray Data: "
+                                    "pip install \"gpt2gen[ray]\"")
+    assert result.stderr.count("\n") == 1

@@ -147,9 +147,8 @@ def _check_model(source: str, models_dir: Optional[str]) -> None:
 
 
 def run_on_ray(args, rows: list) -> Iterator[tuple[int, dict]]:
+    from .ray_data import ProcessorConfig, build_processor  # first: says what to install
     import ray
-
-    from .ray_data import ProcessorConfig, build_processor
 
     config = ProcessorConfig(
         model_source=args.model, batch_size=args.batch_size, concurrency=args.concurrency or 1,
@@ -260,7 +259,7 @@ def main(argv: Optional[list] = None) -> int:
     except KeyboardInterrupt:
         print("\ngpt2gen batch: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (BatchFileError, CheckpointError, ValueError, TypeError, OSError) as error:
+    except (BatchFileError, CheckpointError, ValueError, TypeError, OSError, ImportError) as error:
         message = " ".join(str(error).split())
         print(f"gpt2gen batch: error: {message}", file=sys.stderr)
         return 1

@@ -23,7 +23,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from .batch_rows import ERROR_COLUMN, GENERATE_COLUMNS, SAMPLING_PARAMS, SCORE_COLUMNS
@@ -183,33 +182,39 @@ def answered(output, fmt: str, requests: list[Request], input_name: str) -> int:
     complete line must answer the request at its position (same custom_id; in the plain format,
     the same input fields); otherwise the output belongs to another input and is not touched.
     """
-    path = Path(output)
+    count = complete = 0  # lines checked; bytes up to the end of the last complete one
     try:
-        data = path.read_bytes()
+        with open(output, "rb") as f:
+            for text in f:
+                if not text.endswith(b"\n"):
+                    break  # only the last line can lack its newline
+                if count == len(requests):
+                    raise BatchFileError(f"{output} has more lines than {input_name} has requests "
+                                         f"({len(requests)}): it is not this input's output; choose another --output")
+                if not _answers(fmt, text, requests[count]):
+                    raise BatchFileError(
+                        f"{output}:{count + 1} does not answer {input_name}:{requests[count].line}, so "
+                        f"{output} is not the output of this input; choose another --output (or delete it "
+                        "to start over)")
+                count += 1
+                complete += len(text)
+            cut = f.tell() > complete
     except FileNotFoundError:
         return 0
     except OSError as e:
         raise BatchFileError(f"{output}: cannot read it: {e}") from None
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        os.truncate(path, end)
-    lines = data[:end].splitlines()
-    if len(lines) > len(requests):
-        raise BatchFileError(f"{output} has {len(lines)} lines but {input_name} only {len(requests)} "
-                             "requests: it is not this input's output; choose another --output")
-    for k, (text, request) in enumerate(zip(lines, requests), 1):
-        try:
-            record = json.loads(text)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or not _answers(fmt, record, request):
-            raise BatchFileError(
-                f"{output}:{k} does not answer {input_name}:{request.line}, so {output} is not the "
-                "output of this input; choose another --output (or delete it to start over)")
-    return len(lines)
+    if cut:
+        os.truncate(output, complete)
+    return count
 
 
-def _answers(fmt: str, record: dict, request: Request) -> bool:
+def _answers(fmt: str, text: bytes, request: Request) -> bool:
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(record, dict):
+        return False
     if fmt == OPENAI:
         return record.get("custom_id") == request.record["custom_id"]
     return all(record.get(k) == _finite(v) for k, v in request.record.items() if k not in OUTPUT_FIELDS)
