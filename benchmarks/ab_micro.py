@@ -24,7 +24,7 @@ if a.threads:
 times = defaultdict(list)  # (binary, name) -> [ns]
 extra = {}
 loads = []
-for r in range(a.rounds):
+for _ in range(a.rounds):
     for b in a.binaries:
         out = subprocess.run([b, f"--benchmark_filter={a.filter}", f"--benchmark_min_time={a.min_time}",
                               "--benchmark_format=json"], env=env, capture_output=True, text=True, check=True).stdout
@@ -33,7 +33,7 @@ for r in range(a.rounds):
             times[(b, d["name"])].append(float(d["real_time"]) * scale)
         loads.append(os.getloadavg()[0])
 names = []
-for (b, n) in times:
+for (_, n) in times:
     if n not in names:
         names.append(n)
 print(f"rounds={a.rounds}, threads={a.threads or 'default'}, load averages {min(loads):.1f}..{max(loads):.1f}")

@@ -115,7 +115,6 @@ import gpt2gen  # noqa: E402
 from gpt2gen import reference  # noqa: E402
 from gpt2gen.packing import pack_params  # noqa: E402
 
-
 # --- weights ---------------------------------------------------------------------------------
 
 def make_params(size: str, seed: int = 0) -> dict:
@@ -159,7 +158,16 @@ def prompts(n, count=1, seed=1):
     return [[int(t) for t in rng.integers(0, N_VOCAB, n)] for _ in range(count)]
 
 
+def gpt2gen_runners(params, n_head):
+    """gpt2gen's (runner, batch runner) on one params tree."""
+    return (lambda p, n, cb: gpt2gen.generate(p, params, n_head, n, on_token=cb),
+            lambda batch, n: gpt2gen.generate(batch, params, n_head, n))
+
+
 # --- plain NumPy with a KV cache ---------------------------------------------------------------
+
+LN_EPS = np.float32(1e-5)
+
 
 class NumpyKV:
     """picoGPT's math with preallocated per-layer k/v caches; only the last row's logits."""
@@ -176,7 +184,7 @@ class NumpyKV:
         self.length = 0
 
     @staticmethod
-    def layer_norm(x, g, b, eps=np.float32(1e-5)):
+    def layer_norm(x, g, b, eps=LN_EPS):
         mean = x.mean(-1, keepdims=True)
         var = x.var(-1, keepdims=True)
         return g * (x - mean) / np.sqrt(var + eps) + b
@@ -309,29 +317,34 @@ def bandwidth_probe(a, repeats=3):
     return statistics.median(rates)
 
 
+def seconds(call, *args) -> float:
+    """Wall time of one ``call(*args)``."""
+    t = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - t
+
+
 def measure_engine(name, runner, batch_runner, params, n_head, args, p32, p128, batch8, first_repeat):
     r = {}
     if name == "numpy_full":
-        t = time.perf_counter(); reference.generate(p32, params, n_head, 1); t1 = time.perf_counter() - t
-        t = time.perf_counter(); reference.generate(p128, params, n_head, 1); t128 = time.perf_counter() - t
+        t1 = seconds(reference.generate, p32, params, n_head, 1)
+        t128 = seconds(reference.generate, p128, params, n_head, 1)
         r.update(prefill32=32 / t1, prefill128=128 / t128, ttft=t1,
                  decode_ctx128_extrapolated=1 / (t128 * 129 / 128))
         if first_repeat:
-            t = time.perf_counter(); reference.generate(p32, params, n_head, GEN_TOKENS)
-            r["gen64"] = time.perf_counter() - t
+            r["gen64"] = seconds(reference.generate, p32, params, n_head, GEN_TOKENS)
             r.update(decode=(GEN_TOKENS - 1) / (r["gen64"] - t1), decode_ctx=f"33-{32 + GEN_TOKENS - 1}")
         return r
     # Prefill: wall time of the prompt up to the first token.
     for key, prompt in (("prefill32", p32), ("prefill128", p128)):
-        t = time.perf_counter(); runner(prompt, 1, None); dt = time.perf_counter() - t
-        r[key] = len(prompt) / dt
+        r[key] = len(prompt) / seconds(runner, prompt, 1, None)
     ttft, rate, tokens = timed_generate(runner, p32, args.new_tokens)
     r.update(ttft=ttft, decode=rate, decode_ctx=f"33-{32 + args.new_tokens - 1}", first_tokens=tokens[:8])
-    t = time.perf_counter(); runner(p32, GEN_TOKENS, None); r["gen64"] = time.perf_counter() - t
+    r["gen64"] = seconds(runner, p32, GEN_TOKENS, None)
     if batch_runner is not None:
         n_b = max(4, args.new_tokens // 2)
-        t = time.perf_counter(); batch_runner(batch8, 1); t1 = time.perf_counter() - t
-        t = time.perf_counter(); batch_runner(batch8, n_b); tn = time.perf_counter() - t
+        t1 = seconds(batch_runner, batch8, 1)
+        tn = seconds(batch_runner, batch8, n_b)
         r["batch8"] = len(batch8) * (n_b - 1) / max(tn - t1, 1e-9)
     return r
 
@@ -424,14 +437,10 @@ def main():
         print(f"\n{size}: n_layer={n_layer} n_embd={d} n_head={n_head}, {wbytes.get('gpt2gen', 0) / 1e6:.0f} MB "
               f"of float32 weights per decode token (built in {time.perf_counter() - t:.1f} s)")
 
-        def gpt2gen_runners(ep):
-            return (lambda p, n, cb: gpt2gen.generate(p, ep, n_head, n, on_token=cb),
-                    lambda batch, n: gpt2gen.generate(batch, ep, n_head, n))
-
         runners, batch_runners = {}, {}
         for name in engines:
             if name.startswith("gpt2gen"):
-                runners[name], batch_runners[name] = gpt2gen_runners(engine_params[name])
+                runners[name], batch_runners[name] = gpt2gen_runners(engine_params[name], n_head)
         if "numpy_kv" in engines:
             runners["numpy_kv"] = NumpyKV(params, n_head).generate
         if "transformers" in engines:
@@ -471,7 +480,7 @@ def main():
                 row["rss_over_weights_mib"] = (rss["peak"] - rss["weights"]) / 2**20 if rss else None
             rows[name] = row
         ref_tokens = rows.get("gpt2gen", {}).get("first_tokens")
-        for name, row in rows.items():
+        for row in rows.values():
             if "first_tokens" in row and ref_tokens is not None:
                 same = 0
                 for a, b in zip(row["first_tokens"], ref_tokens):
@@ -506,10 +515,10 @@ def targets(results):
     for size, s in results["sizes"].items():
         e = s["engines"]
 
-        def get(engine, key):
+        def get(engine, key, e=e):
             return e.get(engine, {}).get(key)
 
-        def check(label, value, goal, engine=None):
+        def check(label, value, goal, engine=None, e=e, size=size):
             extra = ""
             if engine in e and e[engine].get("weight_bytes_per_token"):
                 extra = f"; ceiling {probe * 1e9 / e[engine]['weight_bytes_per_token']:.0f} tok/s"

@@ -12,6 +12,7 @@ const char* to_string(FinishReason reason) {
     case FinishReason::eos: return "eos";
     case FinishReason::stopped: return "stop";
     case FinishReason::cancelled: return "cancelled";
+    case FinishReason::out_of_memory: return "out_of_memory";
   }
   return "none";
 }

@@ -11,7 +11,8 @@
 
 namespace gpt2gen {
 
-enum class FinishReason : uint8_t { none, length, eos, stopped, cancelled };
+// out_of_memory: the request's state could not be allocated (the consumer raises MemoryError).
+enum class FinishReason : uint8_t { none, length, eos, stopped, cancelled, out_of_memory };
 const char* to_string(FinishReason reason);
 
 // Every option of one sequence's generation; each sequence of a batch has its own.

@@ -222,7 +222,7 @@ void Scheduler<T>::loop() {
         running_.push_back(std::make_unique<Sequence>(weights_, q));  // allocates, unlocked
       } catch (const std::bad_alloc&) {
         kv_used_ -= q.bytes;
-        request->publish_finish(FinishReason::cancelled);
+        request->publish_finish(FinishReason::out_of_memory);
       }
     }
     try {
@@ -233,9 +233,9 @@ void Scheduler<T>::loop() {
       retire_finished();
       if (!running_.empty()) step();
       retire_finished();
-    } catch (const std::exception&) {
-      // Out of memory mid-step: every running request ends rather than the process.
-      for (auto& s : running_) s->finish = FinishReason::cancelled;
+    } catch (const std::bad_alloc&) {
+      // Out of memory for a step's scratch: the running requests end rather than the process.
+      for (auto& s : running_) s->finish = FinishReason::out_of_memory;
       retire_finished();
     }
     running_count_ = static_cast<int>(running_.size());

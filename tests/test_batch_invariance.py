@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpt2gen
-from gpt2gen import _core, _testing
+from gpt2gen import _testing
 
 kernels = _testing
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from random_models import leaves
 from conftest import (
     make_numpy_gpt2,
     read_safetensors_raw,
@@ -39,6 +38,7 @@ from gpt2gen.checkpoint import (
     load_hparams,
     load_pretrained,
 )
+from random_models import leaves
 
 # n_layer 0..3, n_embd 32/48/64 with n_head 2..8, vocab and context not powers of two.
 CONFIGS = [
@@ -701,3 +701,59 @@ def _resolve(name, models_dir):
 def test_unknown_name(tmp_path):
     with pytest.raises(CheckpointError, match=r"'gpt3' is neither an existing directory nor a known model name"):
         load_pretrained("gpt3", models_dir=tmp_path)
+
+
+def test_a_model_file_points_to_its_directory(tmp_path):
+    model_dir, _ = make_numpy_gpt2(tmp_path)
+    with pytest.raises(CheckpointError, match=r"is a file, not a model directory") as info:
+        load_pretrained(model_dir / "model.safetensors")
+    assert f"pass the directory that holds it ({model_dir})" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "float16", "bfloat16", [1]])
+def test_a_bad_dtype_names_the_choices(tmp_path, dtype):
+    model_dir, _ = make_numpy_gpt2(tmp_path)
+    with pytest.raises(CheckpointError, match=r"dtype must be float32, float64, 'bf16' or 'int8'"):
+        load_pretrained(model_dir, dtype=dtype)
+
+
+def test_a_bad_dtype_is_refused_before_any_download(tmp_path):
+    with pytest.raises(CheckpointError, match=r"dtype must be .* got 'fp16'") as info:
+        load_pretrained("gpt2", models_dir=tmp_path, dtype="fp16")
+    assert not isinstance(info.value, CheckpointDownloadError)
+
+
+def test_pickle_refusal_is_a_typed_error_naming_the_file(tmp_path):
+    from gpt2gen.checkpoint import PickleNotAllowedError
+
+    model_dir, _ = make_numpy_gpt2(tmp_path)
+    (model_dir / "model.safetensors").unlink()
+    (model_dir / "pytorch_model.bin").write_bytes(b"never opened")
+    with pytest.raises(PickleNotAllowedError) as info:
+        load_checkpoint(model_dir)
+    assert info.value.path == model_dir / "pytorch_model.bin"
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x02"], ids=["empty", "truncated-pickle"])
+def test_a_failing_pickle_load_names_its_cause(tmp_path, content):
+    pytest.importorskip("torch")
+    model_dir, _ = make_numpy_gpt2(tmp_path)
+    (model_dir / "model.safetensors").unlink()
+    (model_dir / "pytorch_model.bin").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"torch\.load\(weights_only=True\) failed: \w+") as info:
+        load_checkpoint(model_dir, allow_pickle=True)
+    cause = str(info.value).split("failed: ", 1)[1]
+    assert cause.strip() and (content or "empty or truncated" in cause), cause
+
+
+def test_download_error_carries_what_a_front_end_needs(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    import pickle
+
+    with pytest.raises(CheckpointDownloadError) as info:
+        load_pretrained("355M", models_dir=tmp_path)
+    error = info.value
+    assert (error.model_name, error.repo_id) == ("gpt2-medium", "openai-community/gpt2-medium")
+    assert error.files == MODEL_FILES and error.target == tmp_path / "gpt2-medium"
+    assert error.reason and "\n" not in error.reason
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)  # crosses process boundaries

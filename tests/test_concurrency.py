@@ -6,10 +6,8 @@ may generate from one model at once and each gets exactly what it gets alone. Th
 without the GIL, so other Python threads keep running meanwhile, and a ``CancelToken`` set from
 another thread stops one generation without disturbing the others.
 
-A ``Generation`` object (the streaming interface) may be stepped from several threads: its
-methods take a mutex (without the GIL), so each step() is whole. Before that lock it crashed
-(test_b5 below). Each step still advances every sequence, so which thread got which token is
-arbitrary; only the generation as a whole is deterministic.
+A request handle may be consumed from several threads: its methods take a mutex (without the
+GIL). Before that lock the older step-by-step interface crashed (B5 in docs/SAFETY.md; test below).
 """
 
 from __future__ import annotations
@@ -20,11 +18,12 @@ import time
 import numpy as np
 import pytest
 
+import engine_requests
 import gpt2gen
 from gpt2gen import _core
-from gpt2gen.engine import generation_options
-from random_models import random_params
+from gpt2gen.options import seeds
 from isolated import run_isolated
+from random_models import random_params
 
 N_HEAD = 4
 N_THREADS = 8
@@ -68,8 +67,11 @@ def _jobs():
 
 
 def _run(model, job):
+    """The job's new ids per prompt, on a scheduler of its own over the shared model."""
     prompts, n, sampling = job
-    return model.generate(prompts, n, generation_options(len(prompts), **sampling))
+    sampling = dict(sampling)
+    seed_values = seeds(sampling.pop("seed", 0), len(prompts))
+    return [tokens for tokens, _, _ in engine_requests.run(model, prompts, n, seed_values, **sampling)]
 
 
 def _in_threads(work, n_threads=N_THREADS, repeat=1):
@@ -128,19 +130,22 @@ def test_shared_params_through_the_public_api(one_omp_thread, params):
             np.testing.assert_array_equal(logits, alone_logits[k])  # bit-identical
 
 
-def test_separate_generation_objects_step_concurrently(one_omp_thread, model):
-    """Each thread steps its own streaming Generation from the shared model."""
+def test_threads_share_one_scheduler(one_omp_thread, model):
+    """Every thread submits its requests to one scheduler over the shared model."""
     jobs = _jobs()
     alone = [_run(model, job) for job in jobs]
+    scheduler = _core.Scheduler(model, max_batch=5)
+    from gpt2gen.options import generation_options
 
     def work(k):
         prompts, n, sampling = jobs[k]
-        g = model.start(prompts, n, generation_options(len(prompts), **sampling))
-        while not g.done:
-            g.step()
-        return [g.generated(i) for i in range(len(g))]
+        sampling = dict(sampling)
+        seed_values = seeds(sampling.pop("seed", 0), len(prompts))
+        requests = scheduler.submit(prompts, [generation_options(n, **sampling)], seeds=seed_values)
+        return [engine_requests.collect(r)[0] for r in requests]
 
     results = _in_threads(work)
+    scheduler.shutdown()
     for k in range(N_THREADS):
         assert results[k] == [alone[k]]
 
@@ -148,8 +153,7 @@ def test_separate_generation_objects_step_concurrently(one_omp_thread, model):
 def test_cancel_one_generation_while_others_run(one_omp_thread, params, model):
     long_params = random_params(np.random.default_rng(22), n_layer=2, n_embd=64, n_head=N_HEAD, n_vocab=300,
                                 n_ctx=128)
-    long_model = _core.Model(long_params, N_HEAD)
-    endless = generation_options(1, context_overflow="slide")  # 10**7 tokens: runs until cancelled
+    endless = dict(context_overflow="slide")  # 10**7 tokens: runs until cancelled
     jobs = _jobs()
     alone = [_run(model, job) for job in jobs]
     token = gpt2gen.CancelToken()
@@ -163,7 +167,8 @@ def test_cancel_one_generation_while_others_run(one_omp_thread, params, model):
             if len(produced) == 3:
                 started.set()
             return True
-        outcome["ids"] = long_model.generate([[1, 2, 3]], 10**7, endless, on_token, token)
+        outcome["ids"] = gpt2gen.generate([[1, 2, 3]], long_params, N_HEAD, 10**7, on_token=on_token,
+                                          cancel=token, **endless)
 
     runner = threading.Thread(target=long_generation)
     runner.start()
@@ -179,7 +184,7 @@ def test_cancel_one_generation_while_others_run(one_omp_thread, params, model):
         assert others[k] == [alone[k]] * 2
     # What it produced before the cancel is what an uncancelled run produces, and the models work.
     n = min(len(ids), 200)
-    assert long_model.generate([[1, 2, 3]], n, endless) == [ids[:n]]
+    assert gpt2gen.generate([[1, 2, 3]], long_params, N_HEAD, n, **endless) == [ids[:n]]
     assert [_run(model, job) for job in jobs] == alone
 
 
@@ -265,17 +270,16 @@ def _long_enough(make_call, size, seconds=0.3):
     return make_call(max(size, int(size * seconds / max(elapsed, 1e-3))))
 
 
-@pytest.mark.parametrize("what", ["generate", "forward", "step"])
+@pytest.mark.parametrize("what", ["generate", "forward", "score"])
 def test_the_gil_is_released_during_the_work(one_omp_thread, what):
     params = random_params(np.random.default_rng(24), n_layer=4, n_embd=128, n_head=N_HEAD, n_vocab=1000, n_ctx=1024)
     model = _core.Model(params, N_HEAD)
     if what == "generate":
-        call = _long_enough(lambda n: lambda: model.generate([[1, 2]], min(n, 1000), generation_options(1)), 20)
+        call = _long_enough(lambda n: lambda: gpt2gen.generate([1, 2], params, N_HEAD, min(n, 1000)), 20)
     elif what == "forward":
         call = _long_enough(lambda n: lambda: model.forward(np.arange(min(n, 1024)) % 1000), 100)
-    else:  # the first step of a Generation is the prompt's prefill
-        call = _long_enough(lambda n: lambda: model.start([np.arange(min(n, 1023)) % 1000], 1,
-                                                          generation_options(1)).step(), 100)
+    else:
+        call = _long_enough(lambda n: lambda: model.score(np.arange(min(n, 1024)) % 1000), 100)
     free, during, elapsed = _counting(call)
     # One call, no Python in between: with the GIL held the counter could run at most one switch
     # interval (5 ms) of it, i.e. a ratio of ~0.02 for a 0.3 s call. Released, the counter has
@@ -308,31 +312,34 @@ def _run_isolated(code: str, timeout: float = 300):
     return run_isolated(code, timeout=timeout)
 
 
-def test_b5_one_generation_stepped_from_two_threads():
-    """B5: stepping one Generation from several threads used to crash (segfault) before 06f8fa0
-    serialised its methods with a mutex; steps now interleave whole, so the result is the same."""
+def test_one_request_consumed_from_several_threads():
+    """One request's hand-off read by four threads at once: no crash, and together they see every
+    token once, in order (the older step-by-step interface segfaulted here before a mutex)."""
     out = _run_isolated("""
         import threading
+        import engine_requests
         from gpt2gen import _core
-        from gpt2gen.engine import generation_options
+        from gpt2gen.options import generation_options
         params = random_params(np.random.default_rng(0), n_layer=2, n_embd=64, n_head=4, n_vocab=500, n_ctx=1024)
         model = _core.Model(params, 4)
-        alone = model.start([[1, 2, 3]] * 8, 120, generation_options(8, seed=1))
-        while not alone.done:
-            alone.step()
+        scheduler = _core.Scheduler(model, max_batch=8)
+        (alone,) = engine_requests.run(model, [[1, 2, 3]], 120, seeds=[1], temperature=0.8)
         for trial in range(3):
-            g = model.start([[1, 2, 3]] * 8, 120, generation_options(8, seed=1))
+            (r,) = scheduler.submit([[1, 2, 3]], [generation_options(120, temperature=0.8)], seeds=[1])
+            taken, lock, done = [], threading.Lock(), threading.Event()
             def run():
-                while not g.done:
-                    try:
-                        g.step()
-                        g.generated(0)
-                    except (RuntimeError, ValueError):
-                        pass  # refusing a concurrent step is fine; crashing is not
+                while not done.is_set():
+                    r.wait(0.01)
+                    with lock:
+                        tokens, _, finish = r.take()
+                        taken.extend(tokens)
+                        if finish is not None:
+                            done.set()
             threads = [threading.Thread(target=run) for _ in range(4)]
             [t.start() for t in threads]
             [t.join() for t in threads]
-            assert all(g.generated(i) == alone.generated(i) for i in range(8))
+            assert taken == alone[0], (taken, alone[0])
+        scheduler.shutdown()
         print("ok")
     """, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-3000:])

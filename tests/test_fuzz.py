@@ -51,8 +51,8 @@ from gpt2gen.tokenizer import EOT, GPT2_SPLIT_PATTERN, Tokenizer, bytes_to_unico
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import make_numpy_gpt2, save_safetensors, to_bf16_bits, write_tokenizer_files  # noqa: E402
-from random_models import random_params  # noqa: E402
 from isolated import run_isolated
+from random_models import random_params  # noqa: E402
 
 FUZZ = os.environ.get("GPT2GEN_FUZZ") == "1"
 # Set by .ci/sanitize.sh; ASan's shadow memory makes address-space limits meaningless.
@@ -890,7 +890,8 @@ def _call_with(params, n_head, call):
 
 
 # =============================================================================================
-# regression tests for the bugs found (xfail until fixed; see the module docstring)
+# regression tests for the bugs found, named after what they guard; the comment above each names
+# its bug in docs/SAFETY.md's list (xfail until fixed; see the module docstring)
 
 _IDS = np.arange(12, dtype=np.int64)
 
@@ -902,15 +903,17 @@ def _run_isolated(code: str, timeout: float = 120):
 TINY_PARAMS = "params = random_params(np.random.default_rng(7), n_layer=1, n_embd=8, n_head=2, n_vocab=40, n_ctx=24)\n"
 
 
-def test_b1_strided_ids_are_read_by_index():
+# B1 (docs/SAFETY.md)
+def test_strided_and_fortran_order_ids_are_read_by_index():
     strided = _IDS[::2]  # stays in bounds, so safe under ASan: only the values are wrong
     assert gpt2gen.generate(strided, PARAMS, N_HEAD, 3) == gpt2gen.generate(strided.tolist(), PARAMS, N_HEAD, 3)
     fortran = np.asfortranarray(np.array([[1, 2, 3], [4, 5, 6]]))
     assert gpt2gen.generate(fortran, PARAMS, N_HEAD, 3) == gpt2gen.generate(fortran.tolist(), PARAMS, N_HEAD, 3)
 
 
+# B1 (docs/SAFETY.md)
 @pytest.mark.parametrize("layout", ["np.arange(10)[::-1]", "np.broadcast_to(np.int64(3), (20,))"])
-def test_b1_reversed_and_broadcast_ids_stay_in_bounds(layout):
+def test_reversed_and_broadcast_ids_stay_in_bounds(layout):
     out = _run_isolated(f"""
         ids = {layout}
         assert gpt2gen.generate(ids, params, 2, 3) == gpt2gen.generate(ids.tolist(), params, 2, 3)
@@ -919,7 +922,8 @@ def test_b1_reversed_and_broadcast_ids_stay_in_bounds(layout):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
-def test_b1_misaligned_ids():
+# B1 (docs/SAFETY.md)
+def test_misaligned_ids_are_read_correctly():
     out = _run_isolated("""
         raw = np.zeros(8 * 5 + 1, np.uint8)
         ids = raw[1:].view(np.int64)
@@ -930,24 +934,28 @@ def test_b1_misaligned_ids():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
+# B2 (docs/SAFETY.md)
 @pytest.mark.parametrize("eos", [2**31, -(2**31) - 1, [3, 2**40]])
-def test_b2_huge_eos_token_id(eos):
+def test_eos_token_id_outside_int32_is_a_value_error(eos):
     with pytest.raises(ValueError, match="eos_token_id"):
         gpt2gen.generate([1], PARAMS, N_HEAD, 3, eos_token_id=eos)
 
 
-def test_b3_huge_n_head():
+# B3 (docs/SAFETY.md)
+def test_n_head_beyond_int64_is_a_value_error():
     with pytest.raises(ValueError, match="n_head"):
         gpt2gen.forward([1], PARAMS, 2**70)
 
 
+# B4 (docs/SAFETY.md)
 @pytest.mark.parametrize("name", FLOAT_ARGS)
-def test_b4_huge_int_float_options(name):
+def test_float_options_beyond_float_range_are_value_errors(name):
     with pytest.raises(ValueError, match=name):
         gpt2gen.generate([1], PARAMS, N_HEAD, 3, **{name: 10**400})
 
 
-def test_b6_huge_thread_count():
+# B6 (docs/SAFETY.md)
+def test_a_huge_thread_count_does_not_crash():
     out = _run_isolated("""
         try:
             gpt2gen.set_num_threads(100_000)
@@ -960,35 +968,39 @@ def test_b6_huge_thread_count():
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-3000:])
 
 
+# B7 (docs/SAFETY.md)
 @pytest.mark.parametrize("dtype", [[], {}, ["F32"]])
-def test_b7_unhashable_dtype(tmp_path, dtype):
+def test_a_non_string_safetensors_dtype_is_a_checkpoint_error(tmp_path, dtype):
     path = tmp_path / "x.safetensors"
     path.write_bytes(_pack(_header_bytes({"t": {"dtype": dtype, "shape": [], "data_offsets": [0, 0]}}), b""))
     with pytest.raises(CheckpointError, match="dtype"):
         open_safetensors(path)
 
 
+# B8 (docs/SAFETY.md)
 @pytest.mark.parametrize("nesting", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000],
                          ids=["arrays", "objects"])
-def test_b8_deeply_nested_header(tmp_path, nesting):
+def test_a_deeply_nested_safetensors_header_is_a_checkpoint_error(tmp_path, nesting):
     path = tmp_path / "x.safetensors"
     path.write_bytes(_pack(nesting, b""))
     with pytest.raises(CheckpointError):
         open_safetensors(path)
 
 
+# B9 (docs/SAFETY.md)
 @pytest.mark.parametrize("header", [
     b'{"t":{"dtype":"F32","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,0]}}',
     json.dumps({"t": {"dtype": "U8", "shape": [3] * 20_000, "data_offsets": [0, 0]}}).encode(),
 ], ids=["5000-digit-dimension", "20000-dimensions"])
-def test_b9_long_numbers_in_the_header(tmp_path, header):
+def test_huge_numbers_in_the_safetensors_header_are_checkpoint_errors(tmp_path, header):
     path = tmp_path / "x.safetensors"
     path.write_bytes(_pack(header, b""))
     with pytest.raises(CheckpointError):
         open_safetensors(path)
 
 
-def test_b9_long_shape_is_refused_quickly(tmp_path):
+# B9 (docs/SAFETY.md)
+def test_a_shape_of_many_dimensions_is_refused_quickly(tmp_path):
     import time
     path = tmp_path / "x.safetensors"
     path.write_bytes(_pack(json.dumps({"t": {"dtype": "U8", "shape": [2] * 100_000,
@@ -999,16 +1011,18 @@ def test_b9_long_shape_is_refused_quickly(tmp_path):
     assert time.perf_counter() - t0 < 0.25  # parsing the JSON itself takes ~10 ms
 
 
+# B11 (docs/SAFETY.md)
 @pytest.mark.parametrize("shape, offsets", [([0, 2**62, 2**62], [0, 0]), ([0, 2**63], [0, 0]), ([1] * 65, [0, 4])])
-def test_b11_shapes_numpy_cannot_represent(tmp_path, shape, offsets):
+def test_shapes_numpy_cannot_represent_are_checkpoint_errors(tmp_path, shape, offsets):
     path = tmp_path / "x.safetensors"
     path.write_bytes(_pack(_header_bytes({"t": {"dtype": "F32", "shape": shape, "data_offsets": offsets}}), b"\0" * 8))
     with pytest.raises(CheckpointError, match="shape"):
         open_safetensors(path)["t"]
 
 
+# B10 (docs/SAFETY.md)
 @pytest.mark.skipif(SANITIZED, reason="ASan reserves terabytes of shadow address space; RLIMIT_AS cannot apply")
-def test_b10_huge_n_layer_in_config(tiny_model_dir, tmp_path):
+def test_a_huge_n_layer_in_config_allocates_nothing(tiny_model_dir, tmp_path):
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     config = json.loads((tiny_model_dir / "config.json").read_text())
@@ -1032,9 +1046,10 @@ def test_b10_huge_n_layer_in_config(tiny_model_dir, tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout, out.stderr[-2000:])
 
 
+# B14 (docs/SAFETY.md)
 @pytest.mark.parametrize("vocab", ['[1, 2]', '{"a": "x"}', '{"a": -5}', '{', '\xff'],
                          ids=["list", "string-id", "negative-id", "not-json", "not-utf8"])
-def test_b14_malformed_vocab_json(tiny_model_dir, tmp_path, vocab):
+def test_a_malformed_vocab_json_is_a_checkpoint_error(tiny_model_dir, tmp_path, vocab):
     from gpt2gen.checkpoint import load_pretrained
 
     for name in ("config.json", "model.safetensors", "merges.txt"):
@@ -1044,7 +1059,8 @@ def test_b14_malformed_vocab_json(tiny_model_dir, tmp_path, vocab):
         load_pretrained(tmp_path)
 
 
-def test_b14_negative_id_does_not_overwrite_another_token():
+# B14 (docs/SAFETY.md)
+def test_a_negative_vocab_id_does_not_overwrite_another_token():
     # Id -1 is taken as an index from the end: token "b" silently becomes what id 0 decodes to.
     from gpt2gen.tokenizer import Tokenizer
 
@@ -1055,8 +1071,9 @@ def test_b14_negative_id_does_not_overwrite_another_token():
     assert tok.decode([0]) == "a"
 
 
+# B15 (docs/SAFETY.md)
 @pytest.mark.skipif(SANITIZED, reason="ASan reserves terabytes of shadow address space; RLIMIT_AS cannot apply")
-def test_b15_huge_id_in_vocab_json(tiny_model_dir, tmp_path):
+def test_a_huge_id_in_vocab_json_allocates_nothing(tiny_model_dir, tmp_path):
     for name in ("config.json", "model.safetensors", "merges.txt"):
         (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
     vocab = json.loads((tiny_model_dir / "vocab.json").read_text(encoding="utf-8"))
@@ -1077,7 +1094,8 @@ def test_b15_huge_id_in_vocab_json(tiny_model_dir, tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout, out.stderr[-2000:])
 
 
-def test_b12_non_array_embeddings_are_not_converted():
+# B12 (docs/SAFETY.md)
+def test_non_array_embeddings_are_not_converted():
     """B12 (fixed in 7222f87): a non-array wte/wpe used to go through np.asarray first."""
     for key in ("wte", "wpe"):
         params = dict(PARAMS)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import engine_requests
 import gpt2gen
 from gpt2gen import _core, reference
-import engine_requests
 from gpt2gen.engine import processed_probabilities
 from random_models import random_params
 

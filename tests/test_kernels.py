@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gpt2gen
-from gpt2gen import _core, _testing, reference
+from gpt2gen import _testing, reference
 
 kernels = _testing
 DTYPES = [np.float32, np.float64]

@@ -17,14 +17,16 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import engine_requests
 import gpt2gen
 from gpt2gen import _core
-from gpt2gen.engine import generation_options
+from gpt2gen.options import generation_options
 from random_models import random_params
 
 SANITIZED = os.environ.get("GPT2GEN_SANITIZED") == "1" or "libasan" in os.environ.get("LD_PRELOAD", "")
@@ -43,7 +45,7 @@ def _run(code: str, timeout: float = 300) -> dict:
         import numpy as np
         import gpt2gen
         from gpt2gen import _core
-        from gpt2gen.engine import generation_options
+        from gpt2gen.options import generation_options
         from random_models import random_params
 
         def status(field):
@@ -79,9 +81,11 @@ LOOP = """
                          on_token=lambda t: t != 3)                                   # callback
         gpt2gen.generate([1] * 60, params, 4, 20, context_overflow="slide")          # sliding window
         model.forward([1, 2, 3, 4])
-        g = model.start([[1, 2], [3]], 5, generation_options(2, logprobs=3, temperature=0.5, seed=k))
-        g.step(); g.logprobs(0); g.logits(1)
+        scheduler = _core.Scheduler(model)
+        g = scheduler.submit([[1, 2], [3]], [generation_options(5, logprobs=3, temperature=0.5)], seeds=[k, k])
+        g[0].wait(1); g[0].take(); g[1].cancel()
         del g                                                                         # dropped mid-way
+        scheduler.shutdown()
         for bad in ([1, 999], [], "x"):                                               # error paths
             try:
                 gpt2gen.generate(bad, params, 4, 3)
@@ -124,42 +128,48 @@ def test_thousands_of_generations_keep_memory_flat():
     assert report["live"] == 0
 
 
+def _wait_for(condition, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
 def test_live_sequences_return_to_zero():
     params = random_params(np.random.default_rng(1), n_layer=1, n_embd=16, n_head=2, n_vocab=50, n_ctx=32)
     model = _core.Model(params, 2)
     gc.collect()
     base = _core.live_sequences()
-    options = generation_options(2, temperature=0.5, seed=1)
-    gens = [model.start([[1, 2], [3]], 4, options) for _ in range(5)]
-    assert _core.live_sequences() == base + 5
-    for g in gens[:2]:
-        while not g.done:
-            g.step()
-    assert _core.live_sequences() == base + 5  # finished but still referenced: state kept
-    del g
-    gens.clear()
-    gc.collect()
+    scheduler = _core.Scheduler(model, max_batch=10)
+    options = generation_options(25, temperature=0.5, context_overflow="slide")
+    requests = scheduler.submit([[1, 2], [3]] * 5, [options], seeds=[1] * 10)
+    requests += scheduler.submit([[4]], [generation_options(10**6, context_overflow="slide")], seeds=[1])
+    _wait_for(lambda: all(r.finished for r in requests[:10]))
+    assert _core.live_sequences() == base + 1  # the finished ones are freed, the endless one runs
+    requests[10].cancel()
+    _wait_for(lambda: requests[10].finished)
     assert _core.live_sequences() == base
-    # generate() runs to the end inside C++ and keeps nothing, even when it fails half-way.
+    # generate() keeps nothing, even when it fails half-way.
     gpt2gen.generate([[1], [2]], params, 2, 5)
     with pytest.raises(ZeroDivisionError):
         gpt2gen.generate([1], params, 2, 5, on_token=lambda t: 1 / 0)
     with pytest.raises(ValueError):
-        model.start([[1]], 100, options)  # beyond n_ctx: refused before any state exists
+        scheduler.submit([[1]], [generation_options(100)], seeds=[1])  # beyond n_ctx: refused at once
     assert _core.live_sequences() == base
+    scheduler.shutdown()
 
 
-def test_a_generation_keeps_its_model_and_arrays_alive():
+def test_a_scheduler_keeps_its_model_and_arrays_alive():
     params = random_params(np.random.default_rng(2), n_layer=1, n_embd=16, n_head=2, n_vocab=50, n_ctx=32)
-    expected = gpt2gen.generate([1, 2], params, 2, 6)
+    expected = gpt2gen.generate([1, 2], params, 2, 6, seed=0)
     model = _core.Model(params, 2)
-    g = model.start([[1, 2]], 6, generation_options(1))
+    scheduler = _core.Scheduler(model)
     del model, params
     gc.collect()
-    while not g.done:
-        g.step()
-    assert g.generated(0) == expected
-    del g
+    (request,) = scheduler.submit([[1, 2]], [generation_options(6)], seeds=[0])
+    assert engine_requests.collect(request)[0] == expected
+    scheduler.shutdown()
+    del request, scheduler
     gc.collect()
     assert _core.live_sequences() == 0
 
@@ -220,7 +230,8 @@ def test_huge_requests_of_every_shape_are_refused(big_params):
         "sliding window, huge batch": lambda: gpt2gen.generate([[1]] * 100_000, params, 4, 10**6,
                                                                context_overflow="slide"),
         "full-context prompts, nothing to generate": lambda: gpt2gen.generate([full] * 10_000, params, 4, 0),
-        "streaming start()": lambda: model.start([[1, 2]] * 20_000, 1000, generation_options(20_000)),
+        "one scheduler batch": lambda: _core.Scheduler(model, max_batch=20_000).submit(
+            [[1, 2]] * 20_000, [generation_options(1000)], seeds=[0] * 20_000, together=True),
         "sampling options": lambda: gpt2gen.generate([[5]] * 10_000, params, 4, 1023, temperature=1.0, top_k=5,
                                                      seed=1, eos_token_id=3),
         "float64": lambda: gpt2gen.generate([[5]] * 10_000, big_params[np.float64], 4, 1000),

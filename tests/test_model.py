@@ -6,8 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpt2gen
-from gpt2gen import _core, reference
-from gpt2gen.engine import generation_options
+from gpt2gen import _core, _testing, reference
 from random_models import random_params
 
 CONFIGS = [  # n_layer, n_embd, n_head, n_vocab, n_ctx
@@ -81,15 +80,15 @@ def test_kv_cache_equals_full_recompute_at_every_step(dtype):
     params = random_params(rng, n_layer=3, n_embd=48, n_head=4, n_vocab=257, n_ctx=80, dtype=dtype)
     model = _core.Model(params, 4)
     sequence = list(rng.integers(0, 257, 5))
-    generation = model.start([sequence], 60, generation_options(1))
-    while not generation.done:
-        [(_, token)] = generation.step()
+    cached = _testing.cached_decode_logits(model, sequence, 60, chunk_rows=2)
+    for step_logits in cached:
         full = model.forward(sequence)[-1]
         # Same kernels, same accumulation order: the cached step is bit-identical.
-        np.testing.assert_array_equal(generation.logits(0), full)
-        assert token == int(np.argmax(full))
-        sequence.append(token)
-    assert len(sequence) == 65 and generation.finish_reason(0) == "length"
+        np.testing.assert_array_equal(step_logits, full)
+        sequence.append(int(np.argmax(full)))
+    assert len(sequence) == 65
+    # And the engine's greedy generation follows exactly these logits.
+    assert gpt2gen.generate(sequence[:5], params, 4, 60) == sequence[5:]
 
 
 def test_results_do_not_depend_on_thread_count():

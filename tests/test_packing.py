@@ -6,11 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import engine_requests
 import gpt2gen
-from gpt2gen import _core, reference
-from gpt2gen.engine import generation_options
-from gpt2gen.packing import (QUANT_BLOCK, bf16_to_float, dequantize_int8, float_to_bf16,
-                             pack_params, quantize_int8, unpack_params)
+from gpt2gen import _core, _testing, reference
+from gpt2gen.packing import (
+    QUANT_BLOCK,
+    bf16_to_float,
+    dequantize_int8,
+    float_to_bf16,
+    pack_params,
+    quantize_int8,
+    unpack_params,
+)
 from random_models import leaves, random_params
 
 FORMATS = ["bf16", "int8"]
@@ -71,15 +78,12 @@ def test_packed_batches_threads_and_cache_are_bit_identical(fmt, shape, every_ba
                                        n_head=n_head, n_vocab=n_vocab, n_ctx=64), fmt)
     model = _core.Model(params, 4)
     prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
-    together = model.start(prompts, 10, generation_options(3))
-    alone = [model.start([p], 10, generation_options(1)) for p in prompts]
-    while not together.done:
-        together.step()
-        for i, g in enumerate(alone):
-            g.step()
-            np.testing.assert_array_equal(together.logits(i), g.logits(0))
-    sequence = prompts[2] + together.generated(2)
-    np.testing.assert_array_equal(model.forward(sequence[:-1])[-1], together.logits(2))
+    together = engine_requests.run(model, prompts, 10, logprobs=20)
+    alone = [engine_requests.run(model, [p], 10, logprobs=20)[0] for p in prompts]
+    assert together == alone
+    sequence = prompts[2] + together[2][0]
+    cached = _testing.cached_decode_logits(model, prompts[2], 10, chunk_rows=2)
+    np.testing.assert_array_equal(model.forward(sequence[:-1])[-1], cached[-1])
     before = gpt2gen.num_threads()
     try:
         gpt2gen.set_num_threads(1)

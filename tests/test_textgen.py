@@ -1,16 +1,15 @@
-"""The high-level GPT2 class (text in, text out, streaming, stop strings, scoring) and the CLI."""
+"""The high-level GPT2 class (text in, text out, streaming, stop strings, scoring).
 
-import os
-import subprocess
-import sys
+The command line is tested in test_cli.py.
+"""
 
 import numpy as np
 import pytest
 
 import gpt2gen
+from conftest import make_numpy_gpt2, write_tokenizer_files
 from gpt2gen import GPT2, _core, reference
 from gpt2gen.model import _TextAssembler
-from conftest import make_numpy_gpt2, write_tokenizer_files
 
 EOT_TEXT = "<|endoftext|>"
 
@@ -156,54 +155,3 @@ def test_exercise_model():
     model = GPT2.exercise()
     assert model.generate("hello", 5).text == gpt2gen.gen_text("hello", 5)
     assert "".join(model.stream("hello world", 12)) == gpt2gen.gen_text("hello world", 12)
-
-
-# --- the command line ----------------------------------------------------------------------------
-
-
-def cli(*args, stdin=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "gpt2gen.cli", *args], capture_output=True,
-                          text=True, input=stdin, env=env, timeout=120)
-
-
-def test_cli_runs_the_exercise():
-    result = cli("hello", "-n", "5")
-    assert result.returncode == 0 and result.stdout == gpt2gen.gen_text("hello", 5) + "\n"
-
-
-def test_cli_with_a_model_directory(model, tmp_path):
-    model_dir, _ = make_numpy_gpt2(tmp_path, n_layer=1, n_embd=16, n_head=2, vocab_size=300,
-                                   n_positions=64, seed=5)
-    local = GPT2.from_pretrained(model_dir)
-    expected = local.generate("once upon", 20, temperature=0.9, top_k=40, seed=3).text
-    result = cli("--model", str(model_dir), "once upon", "-n", "20", "--temperature", "0.9",
-                 "--top-k", "40", "--seed", "3")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == expected + "\n"
-    scored = cli("--model", str(model_dir), "--score", "abc")
-    assert scored.returncode == 0 and "perplexity" in scored.stdout
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--model", "/no/such/dir", "x"], "neither an existing directory nor a known model name"),
-    (["--model", "gpt2", "x"], "could not download 'gpt2'"),
-    (["hello", "-n", "5000"], "exceed n_ctx = 1024"),
-    (["hello", "--top-p", "2"], "top_p must be in"),
-    (["hello", "--threads", "0"], "--threads must be >= 1"),
-])
-def test_cli_errors_are_one_line(args, message):
-    result = cli(*args)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gpt2gen: error:") and message in lines[0]
-
-
-def test_cli_help():
-    result = cli("--help")
-    assert result.returncode == 0 and "--temperature" in result.stdout and "examples:" in result.stdout
-
-
-def test_cli_reads_the_prompt_from_stdin():
-    result = cli("-n", "3", stdin="hello world")
-    assert result.returncode == 0 and result.stdout == gpt2gen.gen_text("hello world", 3) + "\n"

@@ -4,11 +4,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "backend.hpp"
 #include "common.hpp"
+#include "forward_pass.hpp"
+#include "params.hpp"
 #include "generation.hpp"
 #include "sampling.hpp"
 
@@ -147,6 +150,34 @@ void bind_kernels(py::module_& m) {
   });
 }
 
+// Greedy decoding through forward_pass with a KV cache, as the scheduler runs it: the logits
+// [n_steps, n_vocab] each token was chosen from (the prompt's in chunks of chunk_rows).
+py::array cached_decode_logits(const Model& model, py::handle prompt_obj, int n_steps, int chunk_rows) {
+  return model.visit([&](const auto& w) -> py::array {
+    using T = typename std::decay_t<decltype(w)>::value_type;
+    std::vector<int32_t> tokens = token_ids(prompt_obj, w.n_vocab, "prompt");
+    require(!tokens.empty() && n_steps >= 1 && chunk_rows >= 1 &&
+                tokens.size() + n_steps <= size_t(w.n_ctx),
+            "need a prompt, n_steps >= 1 and chunk_rows >= 1 within n_ctx");
+    py::array_t<T> out({py::ssize_t(n_steps), py::ssize_t(w.n_vocab)});
+    T* logits = out.mutable_data();
+    py::gil_scoped_release release;
+    KVCache<T> cache(w, static_cast<int>(tokens.size()) + n_steps);
+    Workspace<T> workspace(w, chunk_rows, cache.capacity);
+    for (int step = 0; step < n_steps; ++step) {
+      T* row = logits + size_t(step) * w.n_vocab;
+      while (cache.length < int(tokens.size())) {
+        Chunk<T> chunk{&cache, tokens.data() + cache.length,
+                       std::min(chunk_rows, int(tokens.size()) - cache.length)};
+        const int last = chunk.n - 1;
+        forward_pass(w, &chunk, 1, workspace, &last, 1, row);
+      }
+      tokens.push_back(int32_t(std::max_element(row, row + w.n_vocab) - row));
+    }
+    return out;
+  });
+}
+
 }  // namespace
 
 }  // namespace gpt2gen::bindings
@@ -159,5 +190,7 @@ PYBIND11_MODULE(_testing, m) {
   py::module_::import("gpt2gen._core");  // GenerationOptions
   m.def("processed_probabilities", &processed_probabilities, py::arg("logits"),
         py::arg("prompt_ids"), py::arg("output_ids"), py::arg("options"));
+  m.def("cached_decode_logits", &cached_decode_logits, py::arg("model"), py::arg("prompt"),
+        py::arg("n_steps"), py::arg("chunk_rows") = 256);
   bind_kernels(m);
 }

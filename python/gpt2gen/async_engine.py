@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 from .model import GPT2
 from .results import Completion, Delta
@@ -27,7 +28,7 @@ _RECHECK_SECONDS = 0.05  # wakes the loop even if another reader drained the pip
 class AsyncRequest:
     """One submitted request: async-iterate for its ``Delta``s, ``await result()`` for the end."""
 
-    def __init__(self, engine: "AsyncEngine", stream: RequestStream):
+    def __init__(self, engine: AsyncEngine, stream: RequestStream):
         self._engine = engine
         self._stream = stream
         self._deltas: deque = deque()

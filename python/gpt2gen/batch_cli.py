@@ -253,15 +253,15 @@ def run(args) -> int:
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     from .checkpoint import CheckpointError
+    from .cli import error_message
 
     try:
         written = run(args)
     except KeyboardInterrupt:
         print("\ngpt2gen batch: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (BatchFileError, CheckpointError, ValueError, TypeError, OSError, ImportError) as error:
-        message = " ".join(str(error).split())
-        print(f"gpt2gen batch: error: {message}", file=sys.stderr)
+    except (CheckpointError, ValueError, TypeError, OSError, ImportError) as error:
+        print(f"gpt2gen batch: error: {error_message(error)}", file=sys.stderr)
         return 1
     if written:
         print(f"gpt2gen batch: wrote {written} lines to {args.output}", file=sys.stderr)

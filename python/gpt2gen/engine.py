@@ -8,7 +8,8 @@ is converted behind the caller's back.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Callable, Optional, Union
 
 import numpy as np
 

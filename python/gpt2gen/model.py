@@ -8,7 +8,8 @@ matches stop strings and feeds the stream.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Callable, Optional, Union
 
 from . import _core
 from .options import generation_options, seeds
@@ -46,7 +47,7 @@ class GPT2:
 
     @classmethod
     def from_pretrained(cls, name_or_path, models_dir=None, *, max_batch: int = 16,
-                        max_queue: int = 256, step_tokens: int = 256, **load_options) -> "GPT2":
+                        max_queue: int = 256, step_tokens: int = 256, **load_options) -> GPT2:
         """A model name (``gpt2`` ... ``gpt2-xl``, ``124M`` ... ``1558M``) or a local directory."""
         from .checkpoint import load_pretrained
 
@@ -54,7 +55,7 @@ class GPT2:
                    max_batch=max_batch, max_queue=max_queue, step_tokens=step_tokens)
 
     @classmethod
-    def exercise(cls) -> "GPT2":
+    def exercise(cls) -> GPT2:
         """The exercise's dummy model, with the parameters ``gen_text`` uses (seed 42)."""
         from .exercise import seeded_exercise_model
 

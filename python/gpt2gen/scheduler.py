@@ -13,13 +13,13 @@ import weakref
 
 from . import _core
 
-_hosts: "weakref.WeakSet[SchedulerHost]" = weakref.WeakSet()
+_hosts: weakref.WeakSet[SchedulerHost] = weakref.WeakSet()
 
 
 class SchedulerHost:
     """Owns the ``_core.Scheduler`` of one model, with the limits it was given."""
 
-    def __init__(self, model: "_core.Model", *, max_batch: int = 16, max_queue: int = 256,
+    def __init__(self, model: _core.Model, *, max_batch: int = 16, max_queue: int = 256,
                  step_tokens: int = 256, kv_bytes: int = 0):
         self.model = model
         self.limits = dict(max_batch=max_batch, max_queue=max_queue, step_tokens=step_tokens,
@@ -30,7 +30,7 @@ class SchedulerHost:
         _hosts.add(self)
 
     @property
-    def scheduler(self) -> "_core.Scheduler":
+    def scheduler(self) -> _core.Scheduler:
         scheduler = self._scheduler
         if scheduler is None:
             with self._lock:

@@ -8,7 +8,8 @@ does not depend on how far the scheduler ran ahead.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 from .results import Completion, Delta, TokenLogprob
 
@@ -99,6 +100,9 @@ class RequestStream:
         if self.done:
             return None
         tokens, scored, finish = self.request.take()
+        if finish == "out_of_memory":
+            self.finish_reason = finish
+            raise MemoryError("out of memory for this generation's KV cache and scratch")
         new_ids, new_logprobs, text = [], [], ""
         for k, token in enumerate(tokens):
             if self._ended:

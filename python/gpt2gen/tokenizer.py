@@ -19,7 +19,6 @@ import codecs
 import heapq
 import json
 import operator
-
 import re
 
 from ._unicode_tables import LETTERS, NUMBERS, SPACES
@@ -130,7 +129,7 @@ class Tokenizer:
         self._cache: dict[str, list[int]] = {}
 
     @classmethod
-    def from_files(cls, vocab_file, merges_file) -> "Tokenizer":
+    def from_files(cls, vocab_file, merges_file) -> Tokenizer:
         """Load vocab.json / merges.txt (or OpenAI's encoder.json / vocab.bpe)."""
         try:
             with open(vocab_file, encoding="utf-8") as f:
@@ -203,7 +202,7 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return b"".join([self.token_bytes(i) for i in ids]).decode("utf-8", errors="replace")
 
-    def decoder(self) -> "IncrementalDecoder":
+    def decoder(self) -> IncrementalDecoder:
         """A streaming decoder: push ids one at a time, get text as characters complete."""
         return IncrementalDecoder(self)
 
