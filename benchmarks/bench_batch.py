@@ -34,7 +34,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_load import build  # noqa: E402  (the same random 124M checkpoint writer)
 
-CONFIGS = [("in-process, 2 threads", None, 2), ("Ray, 2 actors x 1 thread", 2, 1), ("Ray, 1 actor x 2 threads", 1, 2)]
+CONFIGS = [
+    ("in-process, 2 threads", None, 2),
+    ("Ray, 2 actors x 1 thread", 2, 1),
+    ("Ray, 1 actor x 2 threads", 1, 2),
+]
 
 
 def parse_args():
@@ -44,16 +48,21 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster (default: 2)")
-    p.add_argument("--model-dir", help="reuse (or create) the random checkpoint here (default: a temporary one)")
+    p.add_argument(
+        "--model-dir",
+        help="reuse (or create) the random checkpoint here (default: a temporary one)",
+    )
     p.add_argument("--out", default="", help="path stem: writes STEM.md and STEM.json")
     return p.parse_args()
 
 
 def make_prompts(n: int, seed: int = 0) -> list[str]:
     """Prompts of 4-48 words drawn from a fixed word list (8-100 tokens with the random tokenizer)."""
-    words = ("the of and to in is was that for it with as his on be at by had are but from or have an they "
-             "which one you were her all she there would their we him been has when who will more no if out "
-             "so said what up its about into than them can only other new some could time these two may").split()
+    words = (
+        "the of and to in is was that for it with as his on be at by had are but from or have an they "
+        "which one you were her all she there would their we him been has when who will more no if out "
+        "so said what up its about into than them can only other new some could time these two may"
+    ).split()
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(words, size=int(rng.integers(4, 49)))) for _ in range(n)]
 
@@ -61,9 +70,25 @@ def make_prompts(n: int, seed: int = 0) -> list[str]:
 def run_in_process(model_dir, prompts, args, threads):
     from gpt2gen import batch_cli
 
-    command = batch_cli.parse_args(["--model", model_dir, "--input", "-", "--output", "-", "--threads", str(threads),
-                                    "--batch-size", str(args.batch_size), *sampling_flags(args)])
-    rows = sorted(batch_cli.run_in_process(command, [(i, p, None) for i, p in enumerate(prompts)]), key=lambda r: r[0])
+    command = batch_cli.parse_args(
+        [
+            "--model",
+            model_dir,
+            "--input",
+            "-",
+            "--output",
+            "-",
+            "--threads",
+            str(threads),
+            "--batch-size",
+            str(args.batch_size),
+            *sampling_flags(args),
+        ]
+    )
+    rows = sorted(
+        batch_cli.run_in_process(command, [(i, p, None) for i, p in enumerate(prompts)]),
+        key=lambda r: r[0],
+    )
     return [out["generated_token_ids"] for _, out in rows]
 
 
@@ -72,10 +97,17 @@ def run_on_ray(model_dir, prompts, args, actors, threads):
 
     from gpt2gen.ray_data import ProcessorConfig, build_processor
 
-    config = ProcessorConfig(model_source=model_dir, batch_size=args.batch_size, concurrency=actors,
-                             num_threads=threads, sampling_params=sampling_params(args))
-    dataset = ray.data.from_items([{"i": i, "prompt": p} for i, p in enumerate(prompts)],
-                                  override_num_blocks=-(-len(prompts) // args.batch_size))
+    config = ProcessorConfig(
+        model_source=model_dir,
+        batch_size=args.batch_size,
+        concurrency=actors,
+        num_threads=threads,
+        sampling_params=sampling_params(args),
+    )
+    dataset = ray.data.from_items(
+        [{"i": i, "prompt": p} for i, p in enumerate(prompts)],
+        override_num_blocks=-(-len(prompts) // args.batch_size),
+    )
     rows = sorted(build_processor(config)(dataset).take_all(), key=lambda r: r["i"])
     return [list(r["generated_token_ids"]) for r in rows]
 
@@ -98,7 +130,9 @@ def main():
             build(model_dir, n_layer=12, n_embd=768, n_head=12, n_vocab=50257, n_ctx=1024)
         prompts = make_prompts(args.prompts)
         start = time.perf_counter()
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
+        ray.init(
+            address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING"
+        )
         ray_start = time.perf_counter() - start
         ray.data.DataContext.get_current().enable_progress_bars = False
 
@@ -134,15 +168,35 @@ def main():
     results = []
     for name, actors, threads in CONFIGS:
         t = statistics.median(times[name])
-        lines.append(f"| {name} | {t:.1f} | {args.prompts / t:.1f} | {n_tokens / t:.1f} | {first / t:.2f}x |")
-        results.append({"configuration": name, "actors": actors, "threads": threads, "seconds": times[name],
-                        "median_s": t, "rows_per_s": args.prompts / t, "tokens_per_s": n_tokens / t})
+        lines.append(
+            f"| {name} | {t:.1f} | {args.prompts / t:.1f} | {n_tokens / t:.1f} | {first / t:.2f}x |"
+        )
+        results.append(
+            {
+                "configuration": name,
+                "actors": actors,
+                "threads": threads,
+                "seconds": times[name],
+                "median_s": t,
+                "rows_per_s": args.prompts / t,
+                "tokens_per_s": n_tokens / t,
+            }
+        )
     report = "\n".join(lines)
     print(report)
     if args.out:
         Path(args.out + ".md").write_text(report + "\n")
-        Path(args.out + ".json").write_text(json.dumps(
-            {"args": vars(args), "ray_start_s": ray_start, "load_averages": loads, "results": results}, indent=2))
+        Path(args.out + ".json").write_text(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "ray_start_s": ray_start,
+                    "load_averages": loads,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

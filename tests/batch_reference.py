@@ -26,9 +26,19 @@ VARIED_SAMPLING_PARAMS = [
     {"temperature": 0.0, "ignore_eos": True, "max_tokens": 25},
     {"temperature": 0.9, "seed": 16, "n": 1, "top_k": -1},
 ]
-PROMPTS = ["the cat sat on the", "hello world", "once upon a time", "a", "to be or not to be",
-           "she sells sea shells", "the rain in spain", "quick brown fox", "1 2 3 4", "what is it",
-           "zebra"]
+PROMPTS = [
+    "the cat sat on the",
+    "hello world",
+    "once upon a time",
+    "a",
+    "to be or not to be",
+    "she sells sea shells",
+    "the rain in spain",
+    "quick brown fox",
+    "1 2 3 4",
+    "what is it",
+    "zebra",
+]
 
 
 def generate_kwargs(sampling_params=None, defaults=None) -> dict:
@@ -49,19 +59,36 @@ def expected_generation(model, prompt, sampling_params=None, defaults=None) -> d
     c = model.generate(text, **generate_kwargs(sampling_params, defaults))
     logprobs = None
     if c.logprobs is not None:
-        logprobs = [{"token": lp.text, "token_id": lp.token, "logprob": lp.logprob,
-                     "top_logprobs": [{"token": t, "token_id": a, "logprob": alp} for a, t, alp in lp.top]}
-                    for lp in c.logprobs]
-    return {"generated_text": c.text, "generated_token_ids": list(c.token_ids),
-            "num_generated_tokens": len(c.token_ids), "num_input_tokens": len(model.encode(text)),
-            "finish_reason": OPENAI_FINISH[c.finish_reason], "logprobs": logprobs, "error": None}
+        logprobs = [
+            {
+                "token": lp.text,
+                "token_id": lp.token,
+                "logprob": lp.logprob,
+                "top_logprobs": [
+                    {"token": t, "token_id": a, "logprob": alp} for a, t, alp in lp.top
+                ],
+            }
+            for lp in c.logprobs
+        ]
+    return {
+        "generated_text": c.text,
+        "generated_token_ids": list(c.token_ids),
+        "num_generated_tokens": len(c.token_ids),
+        "num_input_tokens": len(model.encode(text)),
+        "finish_reason": OPENAI_FINISH[c.finish_reason],
+        "logprobs": logprobs,
+        "error": None,
+    }
 
 
 def expected_score(model, prompt) -> dict:
     ids = model.encode(prompt) if isinstance(prompt, str) else list(prompt)
     s = model.score(ids)
-    return {"num_input_tokens": len(ids), "prompt_token_ids": ids,
-            "prompt_logprobs": [None] + [float(x) for x in s.logprobs],
-            "total_logprob": float(np.sum(s.logprobs)),
-            "perplexity": float(np.exp(-np.mean(s.logprobs))) if len(s.logprobs) else float("nan"),
-            "error": None}
+    return {
+        "num_input_tokens": len(ids),
+        "prompt_token_ids": ids,
+        "prompt_logprobs": [None] + [float(x) for x in s.logprobs],
+        "total_logprob": float(np.sum(s.logprobs)),
+        "perplexity": float(np.exp(-np.mean(s.logprobs))) if len(s.logprobs) else float("nan"),
+        "error": None,
+    }

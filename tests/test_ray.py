@@ -15,16 +15,18 @@ import time
 import pytest
 
 if os.environ.get("GPT2GEN_SANITIZED"):
-    pytest.skip("Ray's own binaries do not run under the ASan runtime the sanitizer pass preloads",
-                allow_module_level=True)
+    pytest.skip(
+        "Ray's own binaries do not run under the ASan runtime the sanitizer pass preloads",
+        allow_module_level=True,
+    )
 ray = pytest.importorskip("ray", reason="the Ray tests need ray[data] (pip install '.[ray]')")
 pytest.importorskip("ray.data")
 
+from batch_reference import PROMPTS, VARIED_SAMPLING_PARAMS, expected_generation, expected_score  # noqa: E402
+from conftest import make_numpy_gpt2  # noqa: E402
 from gpt2gen import GPT2  # noqa: E402
 from gpt2gen.cli import main  # noqa: E402
 from gpt2gen.ray_data import GPT2Predictor, ProcessorConfig, build_processor  # noqa: E402
-from batch_reference import PROMPTS, VARIED_SAMPLING_PARAMS, expected_generation, expected_score  # noqa: E402
-from conftest import make_numpy_gpt2  # noqa: E402
 from isolated import isolated_env  # noqa: E402
 
 
@@ -38,8 +40,15 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model_dir, _ = make_numpy_gpt2(tmp_path_factory.mktemp("ray"), n_layer=2, n_embd=32, n_head=4,
-                                   vocab_size=301, n_positions=64, seed=11)
+    model_dir, _ = make_numpy_gpt2(
+        tmp_path_factory.mktemp("ray"),
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=301,
+        n_positions=64,
+        seed=11,
+    )
     return model_dir
 
 
@@ -50,6 +59,7 @@ def model(model_dir):
 
 def python_values(row: dict) -> dict:
     """A row as plain Python values (Ray may hand list columns back as NumPy arrays)."""
+
     def plain(v):
         if hasattr(v, "tolist"):
             return v.tolist()
@@ -58,18 +68,26 @@ def python_values(row: dict) -> dict:
         if isinstance(v, list):
             return [plain(x) for x in v]
         return v
+
     return {k: plain(v) for k, v in dict(row).items()}
 
 
 def test_processor_rows_equal_generate(cluster, model_dir, model):
     # One Arrow type per column: a stop string is given as a one-element list here.
-    params = [None if p is None else {k: [v] if k == "stop" and isinstance(v, str) else v for k, v in p.items()}
-              for p in VARIED_SAMPLING_PARAMS]
-    items = [{"id": i, "prompt": prompt, "sampling_params": p}
-             for i, (prompt, p) in enumerate(zip(PROMPTS * 2, params * 2))]
+    params = [
+        None
+        if p is None
+        else {k: [v] if k == "stop" and isinstance(v, str) else v for k, v in p.items()}
+        for p in VARIED_SAMPLING_PARAMS
+    ]
+    items = [
+        {"id": i, "prompt": prompt, "sampling_params": p}
+        for i, (prompt, p) in enumerate(zip(PROMPTS * 2, params * 2))
+    ]
     defaults = {"max_tokens": 10, "temperature": 0.6, "seed": 3}
-    config = ProcessorConfig(model_source=model_dir, batch_size=3, concurrency=2, num_threads=1,
-                             sampling_params=defaults)
+    config = ProcessorConfig(
+        model_source=model_dir, batch_size=3, concurrency=2, num_threads=1, sampling_params=defaults
+    )
     rows = build_processor(config)(ray.data.from_items(items, override_num_blocks=4)).take_all()
     rows = sorted((python_values(r) for r in rows), key=lambda r: r["id"])
     assert [r["id"] for r in rows] == list(range(len(items)))
@@ -81,16 +99,24 @@ def test_processor_rows_equal_generate(cluster, model_dir, model):
 
 def test_row_errors_and_fail_fast(cluster, model_dir, model):
     items = [{"prompt": "fine"}, {"prompt": "x " * 60}, {"prompt": "also fine"}]
-    config = ProcessorConfig(model_source=model_dir, sampling_params={"temperature": 0.0, "max_tokens": 12})
-    rows = [python_values(r) for r in build_processor(config)(ray.data.from_items(items)).take_all()]
+    config = ProcessorConfig(
+        model_source=model_dir, sampling_params={"temperature": 0.0, "max_tokens": 12}
+    )
+    rows = [
+        python_values(r) for r in build_processor(config)(ray.data.from_items(items)).take_all()
+    ]
     by_prompt = {r["prompt"]: r for r in rows}
     for prompt in ("fine", "also fine"):
-        assert by_prompt[prompt] == {"prompt": prompt, **expected_generation(
-            model, prompt, {"temperature": 0.0, "max_tokens": 12})}
+        assert by_prompt[prompt] == {
+            "prompt": prompt,
+            **expected_generation(model, prompt, {"temperature": 0.0, "max_tokens": 12}),
+        }
     failed = by_prompt["x " * 60]
     assert "n_ctx" in failed["error"] and failed["generated_text"] is None
 
-    config = ProcessorConfig(model_source=model_dir, sampling_params={"max_tokens": 12}, fail_fast=True)
+    config = ProcessorConfig(
+        model_source=model_dir, sampling_params={"max_tokens": 12}, fail_fast=True
+    )
     with pytest.raises(Exception, match=r"row \d of the batch \(prompt 'x x x"):
         build_processor(config)(ray.data.from_items(items)).take_all()
 
@@ -100,13 +126,25 @@ def test_scoring_token_id_prompts_and_the_row_hooks(cluster, model_dir, model):
     items = [{"ids": model.encode(t), "k": i} for i, t in enumerate(texts)]
     config = ProcessorConfig(model_source=model_dir, task="score", batch_size=2)
     processor = build_processor(
-        config, preprocess=lambda row: {"k": row["k"], "prompt": row["ids"]},
-        postprocess=lambda row: {"k": row["k"], "perplexity": row["perplexity"], "logprobs": row["prompt_logprobs"]})
-    rows = sorted((python_values(r) for r in processor(ray.data.from_items(items)).take_all()), key=lambda r: r["k"])
+        config,
+        preprocess=lambda row: {"k": row["k"], "prompt": row["ids"]},
+        postprocess=lambda row: {
+            "k": row["k"],
+            "perplexity": row["perplexity"],
+            "logprobs": row["prompt_logprobs"],
+        },
+    )
+    rows = sorted(
+        (python_values(r) for r in processor(ray.data.from_items(items)).take_all()),
+        key=lambda r: r["k"],
+    )
     for text, row in zip(texts, rows):
         expected = expected_score(model, text)
         assert set(row) == {"k", "perplexity", "logprobs"}
-        assert row["perplexity"] == expected["perplexity"] and row["logprobs"] == expected["prompt_logprobs"]
+        assert (
+            row["perplexity"] == expected["perplexity"]
+            and row["logprobs"] == expected["prompt_logprobs"]
+        )
 
 
 def test_predictor_maps_the_weights_read_only(model_dir):
@@ -118,19 +156,22 @@ def test_predictor_maps_the_weights_read_only(model_dir):
     assert str(model_dir / "model.safetensors") in mapped
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(batch_size=0), "batch_size must be >= 1"),
-    (dict(concurrency=(3, 2)), "min <= max"),
-    (dict(concurrency="2"), "concurrency must be an int"),
-    (dict(num_threads=1.5), "num_threads must be an int"),
-    (dict(max_concurrent_batches=0), "max_concurrent_batches must be >= 1"),
-    (dict(dtype="fp16"), "dtype must be one of float32, bf16, int8"),
-    (dict(task="embed"), "task must be one of generate, score"),
-    (dict(sampling_params={"max_token": 3}), "unknown parameter 'max_token'"),
-    (dict(task="score", sampling_params={"max_tokens": 3}), "do not apply to task='score'"),
-    (dict(fail_fast="yes"), "fail_fast must be True or False"),
-    (dict(model_source=None), "model_source must be a model name or directory"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(concurrency=(3, 2)), "min <= max"),
+        (dict(concurrency="2"), "concurrency must be an int"),
+        (dict(num_threads=1.5), "num_threads must be an int"),
+        (dict(max_concurrent_batches=0), "max_concurrent_batches must be >= 1"),
+        (dict(dtype="fp16"), "dtype must be one of float32, bf16, int8"),
+        (dict(task="embed"), "task must be one of generate, score"),
+        (dict(sampling_params={"max_token": 3}), "unknown parameter 'max_token'"),
+        (dict(task="score", sampling_params={"max_tokens": 3}), "do not apply to task='score'"),
+        (dict(fail_fast="yes"), "fail_fast must be True or False"),
+        (dict(model_source=None), "model_source must be a model name or directory"),
+    ],
+)
 def test_bad_config_is_refused_where_it_is_made(model_dir, kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):
         ProcessorConfig(**{"model_source": model_dir, **kwargs})
@@ -148,19 +189,32 @@ def write_lines(path, records):
 
 def mixed_plain_requests():
     """Lines whose prompts and settings differ in type from one line to the next."""
-    records = [{"prompt": p, "i": i, "sampling_params": s} for i, (p, s) in
-               enumerate(zip(PROMPTS, VARIED_SAMPLING_PARAMS))]
-    records += [{"prompt": [5, 6, 7, 8], "i": "ids", "extra": {"nested": [1, {"x": None}]}},
-                {"prompt": "x " * 60, "sampling_params": {"max_tokens": 30}},
-                {"no_prompt": True}, {"prompt": "q", "sampling_params": {"temperature": "warm"}}]
+    records = [
+        {"prompt": p, "i": i, "sampling_params": s}
+        for i, (p, s) in enumerate(zip(PROMPTS, VARIED_SAMPLING_PARAMS))
+    ]
+    records += [
+        {"prompt": [5, 6, 7, 8], "i": "ids", "extra": {"nested": [1, {"x": None}]}},
+        {"prompt": "x " * 60, "sampling_params": {"max_tokens": 30}},
+        {"no_prompt": True},
+        {"prompt": "q", "sampling_params": {"temperature": "warm"}},
+    ]
     return records
 
 
 def openai_requests():
-    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
-              "body": {"model": "m", "prompt": p, **(s or {})}}
-             for i, (p, s) in enumerate(zip(PROMPTS, VARIED_SAMPLING_PARAMS))]
-    lines.append({"custom_id": "bad", "method": "GET", "url": "/v1/completions", "body": {"prompt": "x"}})
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "m", "prompt": p, **(s or {})},
+        }
+        for i, (p, s) in enumerate(zip(PROMPTS, VARIED_SAMPLING_PARAMS))
+    ]
+    lines.append(
+        {"custom_id": "bad", "method": "GET", "url": "/v1/completions", "body": {"prompt": "x"}}
+    )
     return lines
 
 
@@ -174,12 +228,30 @@ def without_created(path):
 
 
 @pytest.mark.parametrize("requests", [mixed_plain_requests, openai_requests])
-def test_command_writes_the_same_file_with_and_without_ray(cluster, tmp_path, model_dir, capsys, requests):
+def test_command_writes_the_same_file_with_and_without_ray(
+    cluster, tmp_path, model_dir, capsys, requests
+):
     src = write_lines(tmp_path / "in.jsonl", requests())
-    common = ["batch", "--no-progress", "--model", str(model_dir), "--input", str(src), "--max-tokens", "9",
-              "--seed", "21", "--batch-size", "3", "--concurrency", "2"]
+    common = [
+        "batch",
+        "--no-progress",
+        "--model",
+        str(model_dir),
+        "--input",
+        str(src),
+        "--max-tokens",
+        "9",
+        "--seed",
+        "21",
+        "--batch-size",
+        "3",
+        "--concurrency",
+        "2",
+    ]
     assert main([*common, "--output", str(tmp_path / "local.jsonl")]) == 0, capsys.readouterr().err
-    assert main([*common, "--output", str(tmp_path / "ray.jsonl"), "--ray"]) == 0, capsys.readouterr().err
+    assert main([*common, "--output", str(tmp_path / "ray.jsonl"), "--ray"]) == 0, (
+        capsys.readouterr().err
+    )
     local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     assert len(local.read_text().splitlines()) == len(requests())
     if requests is mixed_plain_requests:
@@ -193,15 +265,43 @@ def test_command_writes_the_same_file_with_and_without_ray(cluster, tmp_path, mo
 def test_a_killed_ray_run_resumes_without_duplicates(cluster, tmp_path, model_dir, capsys):
     n = 60
     src = write_lines(tmp_path / "in.jsonl", [{"prompt": f"line {i}", "i": i} for i in range(n)])
-    common = ["--model", str(model_dir), "--input", str(src), "--batch-size", "2", "--max-tokens", "20",
-              "--temperature", "0.9", "--seed", "5", "--ignore-eos"]
-    assert main(["batch", "--no-progress", *common, "--output", str(tmp_path / "reference.jsonl")]) == 0
+    common = [
+        "--model",
+        str(model_dir),
+        "--input",
+        str(src),
+        "--batch-size",
+        "2",
+        "--max-tokens",
+        "20",
+        "--temperature",
+        "0.9",
+        "--seed",
+        "5",
+        "--ignore-eos",
+    ]
+    assert (
+        main(["batch", "--no-progress", *common, "--output", str(tmp_path / "reference.jsonl")])
+        == 0
+    )
     capsys.readouterr()
 
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "gpt2gen.cli", "batch", "--no-progress", *common, "--output", str(out),
-           "--ray", cluster]  # the test's cluster, by address, as a remote user would
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=isolated_env())
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpt2gen.cli",
+        "batch",
+        "--no-progress",
+        *common,
+        "--output",
+        str(out),
+        "--ray",
+        cluster,
+    ]  # the test's cluster, by address, as a remote user would
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=isolated_env()
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 2:
@@ -220,8 +320,19 @@ def test_a_killed_ray_run_resumes_without_duplicates(cluster, tmp_path, model_di
 
 def test_a_missing_model_on_the_cluster_is_one_line(cluster, tmp_path, capsys):
     src = write_lines(tmp_path / "in.jsonl", [{"prompt": "x"}])
-    code = main(["batch", "--no-progress", "--model", str(tmp_path / "nowhere"), "--input", str(src),
-                 "--output", str(tmp_path / "out.jsonl"), "--ray"])
+    code = main(
+        [
+            "batch",
+            "--no-progress",
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--ray",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert f"gpt2gen batch: error: '{tmp_path / 'nowhere'}' is neither an existing directory" in err

@@ -15,10 +15,11 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Iterator, Optional
+from typing import Optional
 
-from .batch_files import BatchFileError, PLAIN, answered, dumps, output_record, read_requests
+from .batch_files import PLAIN, BatchFileError, answered, dumps, output_record, read_requests
 from .batch_rows import ERROR_COLUMN, RowRunner, check_job, output_columns
 
 EPILOG = """\
@@ -42,29 +43,67 @@ examples:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
-        prog="gpt2gen batch", description="Complete (or score) every prompt of a JSON Lines file, in "
-        "input order, in this process or on a Ray cluster.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model name (gpt2 ... gpt2-xl) or directory; with --ray, "
-                   "a directory must exist at that path on every node")
+        prog="gpt2gen batch",
+        description="Complete (or score) every prompt of a JSON Lines file, in "
+        "input order, in this process or on a Ray cluster.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model name (gpt2 ... gpt2-xl) or directory; with --ray, "
+        "a directory must exist at that path on every node",
+    )
     p.add_argument("--input", required=True, help="JSON Lines requests")
     p.add_argument("--output", required=True, help="JSON Lines results (appended to when resuming)")
-    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run on Ray: a new local cluster (or RAY_ADDRESS's), or the cluster at ADDRESS "
-                   "(host:6379 of a `ray start --head`, or auto)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="rows per engine batch (default: 16)")
-    p.add_argument("--concurrency", type=int, metavar="N",
-                   help="with --ray: actors (model copies, default: 1); in-process: batches in flight on "
-                   "the one model (default: 2, so the next batch's rows fill the places of finished ones)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="engine threads per model copy (default: the cores in-process, 1 per actor with --ray)")
-    p.add_argument("--dtype", choices=["float32", "bf16", "int8"], default="float32",
-                   help="weights as stored (float32, default) or packed once to bf16 / int8")
-    p.add_argument("--models-dir", help="where downloaded models are kept (default: the Hugging Face cache)")
-    p.add_argument("--score", action="store_true",
-                   help="instead of generating, score each prompt: per-token log-probabilities and perplexity")
-    p.add_argument("--fail-fast", action="store_true",
-                   help="stop at the first request that fails (default: write its error and go on)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray: a new local cluster (or RAY_ADDRESS's), or the cluster at ADDRESS "
+        "(host:6379 of a `ray start --head`, or auto)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="rows per engine batch (default: 16)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="with --ray: actors (model copies, default: 1); in-process: batches in flight on "
+        "the one model (default: 2, so the next batch's rows fill the places of finished ones)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="engine threads per model copy (default: the cores in-process, 1 per actor with --ray)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bf16", "int8"],
+        default="float32",
+        help="weights as stored (float32, default) or packed once to bf16 / int8",
+    )
+    p.add_argument(
+        "--models-dir", help="where downloaded models are kept (default: the Hugging Face cache)"
+    )
+    p.add_argument(
+        "--score",
+        action="store_true",
+        help="instead of generating, score each prompt: per-token log-probabilities and perplexity",
+    )
+    p.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first request that fails (default: write its error and go on)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     s = p.add_argument_group("default sampling_params (OpenAI's names; a line's own values win)")
@@ -78,14 +117,30 @@ def parse_args(argv):
     s.add_argument("--repetition-penalty", type=float)
     s.add_argument("--seed", type=int, help="the seed of every row that has none")
     s.add_argument("--stop", action="append", metavar="TEXT", help="stop string; repeatable")
-    s.add_argument("--logprobs", type=int, metavar="N", help="each token's log-probability and N alternatives")
-    s.add_argument("--ignore-eos", action="store_true", default=None, help="generate through <|endoftext|>")
+    s.add_argument(
+        "--logprobs", type=int, metavar="N", help="each token's log-probability and N alternatives"
+    )
+    s.add_argument(
+        "--ignore-eos", action="store_true", default=None, help="generate through <|endoftext|>"
+    )
     return p.parse_args(argv)
 
 
 def default_sampling_params(args) -> dict:
-    names = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
-             "repetition_penalty", "seed", "stop", "logprobs", "ignore_eos")
+    names = (
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "seed",
+        "stop",
+        "logprobs",
+        "ignore_eos",
+    )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -108,15 +163,19 @@ def run_in_process(args, rows: list) -> Iterator[tuple[int, dict]]:
 
     if args.threads is not None:
         gpt2gen.set_num_threads(args.threads)
-    model = gpt2gen.GPT2.from_pretrained(args.model, args.models_dir, dtype=args.dtype, max_batch=args.batch_size)
-    runner = RowRunner(model, default_sampling_params(args), task="score" if args.score else "generate")
+    model = gpt2gen.GPT2.from_pretrained(
+        args.model, args.models_dir, dtype=args.dtype, max_batch=args.batch_size
+    )
+    runner = RowRunner(
+        model, default_sampling_params(args), task="score" if args.score else "generate"
+    )
 
     def run(batch):
         outputs = runner.run([prompt for _, prompt, _ in batch], [params for _, _, params in batch])
         return [(key, out) for (key, _, _), out in zip(batch, outputs)]
 
     in_flight = args.concurrency or 2
-    batches = [rows[i:i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
+    batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
     with ThreadPoolExecutor(in_flight) as pool:
         pending = set()
         for batch in batches:
@@ -147,18 +206,27 @@ def _check_model(source: str, models_dir: Optional[str]) -> None:
 
 
 def run_on_ray(args, rows: list) -> Iterator[tuple[int, dict]]:
-    from .ray_data import ProcessorConfig, build_processor  # first: says what to install
-    import ray
+    from .ray_data import ProcessorConfig, build_processor  # says what to install without Ray
 
     config = ProcessorConfig(
-        model_source=args.model, batch_size=args.batch_size, concurrency=args.concurrency or 1,
-        num_threads=args.threads or 1, dtype=args.dtype, sampling_params=default_sampling_params(args),
-        task="score" if args.score else "generate", models_dir=args.models_dir)
+        model_source=args.model,
+        batch_size=args.batch_size,
+        concurrency=args.concurrency or 1,
+        num_threads=args.threads or 1,
+        dtype=args.dtype,
+        sampling_params=default_sampling_params(args),
+        task="score" if args.score else "generate",
+        models_dir=args.models_dir,
+    )
+    import ray
+
     started = not ray.is_initialized()
     if started:
         # A bare --ray: RAY_ADDRESS's cluster, else a new one ("local": not whichever cluster
         # this machine last ran, as Ray's default would).
-        ray.init(address=args.ray or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+        ray.init(
+            address=args.ray or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING"
+        )
     try:
         # A wrong --model would kill each actor as it starts, in a long Ray traceback; one task
         # on the cluster says it in one line first.
@@ -169,9 +237,13 @@ def run_on_ray(args, rows: list) -> Iterator[tuple[int, dict]]:
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on stderr
         # Prompts and sampling_params differ in type from line to line (text or ids, a string or a
         # list of stop strings), which one Arrow column cannot hold: they travel as JSON text.
-        items = [{"key": key, "request": json.dumps({"prompt": prompt, "sampling_params": params})}
-                 for key, prompt, params in rows]
-        dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / args.batch_size))
+        items = [
+            {"key": key, "request": json.dumps({"prompt": prompt, "sampling_params": params})}
+            for key, prompt, params in rows
+        ]
+        dataset = ray.data.from_items(
+            items, override_num_blocks=math.ceil(len(items) / args.batch_size)
+        )
         processor = build_processor(config, preprocess=_request_row, postprocess=_output_row)
         for row in processor(dataset).iter_rows():
             row = dict(row)
@@ -190,8 +262,15 @@ class _Progress:
     def __init__(self, total: int, done: int, disable: bool):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=done, unit="row", file=sys.stderr, disable=disable,
-                        dynamic_ncols=True, smoothing=0)
+        self.bar = tqdm(
+            total=total,
+            initial=done,
+            unit="row",
+            file=sys.stderr,
+            disable=disable,
+            dynamic_ncols=True,
+            smoothing=0,
+        )
         self.tokens = 0
         self.start = time.perf_counter()
 
@@ -210,11 +289,16 @@ def run(args) -> int:
     check_args(args)
     fmt, requests = read_requests(args.input)
     if args.score and fmt != PLAIN:
-        raise BatchFileError(f"{args.input}: --score takes plain lines ({{\"prompt\": ...}}), not OpenAI batch lines")
+        raise BatchFileError(
+            f'{args.input}: --score takes plain lines ({{"prompt": ...}}), not OpenAI batch lines'
+        )
     done = answered(args.output, fmt, requests, args.input)
     todo = requests[done:]
     if not todo:
-        print(f"gpt2gen batch: all {len(requests)} requests of {args.input} are already in {args.output}", file=sys.stderr)
+        print(
+            f"gpt2gen batch: all {len(requests)} requests of {args.input} are already in {args.output}",
+            file=sys.stderr,
+        )
         return 0
     columns = output_columns("score" if args.score else "generate", fail_fast=False)
     ready: dict[int, dict] = {}  # finished rows waiting for an earlier one, by position in todo
@@ -236,8 +320,12 @@ def run(args) -> int:
                     request = todo[written]
                     if args.fail_fast and outputs[ERROR_COLUMN] is not None:
                         f.flush()
-                        raise BatchFileError(f"{args.input}:{request.line}: {outputs[ERROR_COLUMN]}")
-                    f.write(dumps(output_record(fmt, request, outputs, model_name=args.model)) + "\n")
+                        raise BatchFileError(
+                            f"{args.input}:{request.line}: {outputs[ERROR_COLUMN]}"
+                        )
+                    f.write(
+                        dumps(output_record(fmt, request, outputs, model_name=args.model)) + "\n"
+                    )
                     written += 1
                 if written == len(todo):
                     break

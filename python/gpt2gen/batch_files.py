@@ -34,7 +34,12 @@ OUTPUT_FIELDS = frozenset(GENERATE_COLUMNS + SCORE_COLUMNS + (ERROR_COLUMN,))
 # Body fields of /v1/completions beyond the sampling parameters: accepted and not used, or
 # accepted only with the value that means "off" (the features are not implemented here).
 _BODY_IGNORED = ("model", "user")
-_BODY_OFF = {"stream": (None, False), "echo": (None, False), "best_of": (None, 1), "suffix": (None,)}
+_BODY_OFF = {
+    "stream": (None, False),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None,),
+}
 
 
 class BatchFileError(ValueError):
@@ -64,11 +69,16 @@ def read_requests(path) -> tuple[str, list[Request]]:
                 except ValueError as e:
                     raise BatchFileError(f"{path}:{number}: not a JSON line ({e})") from None
                 if not isinstance(record, dict):
-                    raise BatchFileError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+                    raise BatchFileError(
+                        f"{path}:{number}: expected a JSON object, got {type(record).__name__}"
+                    )
                 if fmt is None:
                     fmt = OPENAI if "custom_id" in record and "body" in record else PLAIN
-                requests.append(_openai_request(path, number, record) if fmt == OPENAI
-                                else _plain_request(number, record))
+                requests.append(
+                    _openai_request(path, number, record)
+                    if fmt == OPENAI
+                    else _plain_request(number, record)
+                )
     except (OSError, UnicodeDecodeError) as e:
         raise BatchFileError(f"{path}: cannot read it: {e}") from None
     return fmt or PLAIN, requests
@@ -82,12 +92,16 @@ def _plain_request(number: int, record: dict) -> Request:
 
 def _openai_request(path, number: int, record: dict) -> Request:
     if not isinstance(record.get("custom_id"), str):
-        raise BatchFileError(f"{path}:{number}: an OpenAI batch line needs a string 'custom_id' "
-                             "(the first line has one, so this file is read as an OpenAI batch)")
+        raise BatchFileError(
+            f"{path}:{number}: an OpenAI batch line needs a string 'custom_id' "
+            "(the first line has one, so this file is read as an OpenAI batch)"
+        )
     request = Request(number, record)
     if record.get("method") != "POST" or record.get("url") != COMPLETIONS_URL:
-        request.error = (f"only POST {COMPLETIONS_URL} is supported, got {record.get('method')!r} "
-                         f"{record.get('url')!r}")
+        request.error = (
+            f"only POST {COMPLETIONS_URL} is supported, got {record.get('method')!r} "
+            f"{record.get('url')!r}"
+        )
         return request
     body = record.get("body")
     if not isinstance(body, dict):
@@ -96,7 +110,9 @@ def _openai_request(path, number: int, record: dict) -> Request:
     request.error = _body_error(body)
     if request.error is None:
         request.prompt = body["prompt"]
-        request.sampling_params = {k: v for k, v in body.items() if k in SAMPLING_PARAMS or k == "n"}
+        request.sampling_params = {
+            k: v for k, v in body.items() if k in SAMPLING_PARAMS or k == "n"
+        }
     return request
 
 
@@ -140,18 +156,35 @@ def output_record(fmt: str, request: Request, outputs: dict, *, model_name: str)
     line = {"id": f"batch_req_{n}", "custom_id": request.record["custom_id"]}
     error = outputs.get(ERROR_COLUMN)
     if error is not None:
-        body = {"error": {"message": error, "type": "invalid_request_error", "param": None, "code": None}}
+        body = {
+            "error": {
+                "message": error,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        }
         line["response"] = {"status_code": 400, "request_id": f"req_{n}", "body": body}
     else:
         model = request.record["body"].get("model")
         completion = {
-            "id": f"cmpl-{n}", "object": "text_completion", "created": int(time.time()),
+            "id": f"cmpl-{n}",
+            "object": "text_completion",
+            "created": int(time.time()),
             "model": model if isinstance(model, str) else model_name,
-            "choices": [{"index": 0, "text": outputs["generated_text"], "finish_reason": outputs["finish_reason"],
-                         "logprobs": _openai_logprobs(outputs["logprobs"])}],
-            "usage": {"prompt_tokens": outputs["num_input_tokens"],
-                      "completion_tokens": outputs["num_generated_tokens"],
-                      "total_tokens": outputs["num_input_tokens"] + outputs["num_generated_tokens"]},
+            "choices": [
+                {
+                    "index": 0,
+                    "text": outputs["generated_text"],
+                    "finish_reason": outputs["finish_reason"],
+                    "logprobs": _openai_logprobs(outputs["logprobs"]),
+                }
+            ],
+            "usage": {
+                "prompt_tokens": outputs["num_input_tokens"],
+                "completion_tokens": outputs["num_generated_tokens"],
+                "total_tokens": outputs["num_input_tokens"] + outputs["num_generated_tokens"],
+            },
         }
         line["response"] = {"status_code": 200, "request_id": f"req_{n}", "body": completion}
     line["error"] = None
@@ -166,9 +199,12 @@ def _openai_logprobs(logprobs: Optional[list]) -> Optional[dict]:
     for token in logprobs:
         offsets.append(offset)
         offset += len(token["token"])
-    return {"tokens": [t["token"] for t in logprobs], "token_logprobs": [t["logprob"] for t in logprobs],
-            "top_logprobs": [{a["token"]: a["logprob"] for a in t["top_logprobs"]} for t in logprobs],
-            "text_offset": offsets}
+    return {
+        "tokens": [t["token"] for t in logprobs],
+        "token_logprobs": [t["logprob"] for t in logprobs],
+        "top_logprobs": [{a["token"]: a["logprob"] for a in t["top_logprobs"]} for t in logprobs],
+        "text_offset": offsets,
+    }
 
 
 def dumps(record: dict) -> str:
@@ -189,13 +225,16 @@ def answered(output, fmt: str, requests: list[Request], input_name: str) -> int:
                 if not text.endswith(b"\n"):
                     break  # only the last line can lack its newline
                 if count == len(requests):
-                    raise BatchFileError(f"{output} has more lines than {input_name} has requests "
-                                         f"({len(requests)}): it is not this input's output; choose another --output")
+                    raise BatchFileError(
+                        f"{output} has more lines than {input_name} has requests "
+                        f"({len(requests)}): it is not this input's output; choose another --output"
+                    )
                 if not _answers(fmt, text, requests[count]):
                     raise BatchFileError(
                         f"{output}:{count + 1} does not answer {input_name}:{requests[count].line}, so "
                         f"{output} is not the output of this input; choose another --output (or delete it "
-                        "to start over)")
+                        "to start over)"
+                    )
                 count += 1
                 complete += len(text)
             cut = f.tell() > complete
@@ -217,4 +256,6 @@ def _answers(fmt: str, text: bytes, request: Request) -> bool:
         return False
     if fmt == OPENAI:
         return record.get("custom_id") == request.record["custom_id"]
-    return all(record.get(k) == _finite(v) for k, v in request.record.items() if k not in OUTPUT_FIELDS)
+    return all(
+        record.get(k) == _finite(v) for k, v in request.record.items() if k not in OUTPUT_FIELDS
+    )

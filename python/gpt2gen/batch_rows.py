@@ -44,9 +44,21 @@ SAMPLING_PARAMS: dict[str, tuple[str, Any]] = {
 _ONE_COMPLETION = "n"
 
 TASKS = ("generate", "score")
-GENERATE_COLUMNS = ("generated_text", "generated_token_ids", "num_generated_tokens", "num_input_tokens",
-                    "finish_reason", "logprobs")
-SCORE_COLUMNS = ("num_input_tokens", "prompt_token_ids", "prompt_logprobs", "total_logprob", "perplexity")
+GENERATE_COLUMNS = (
+    "generated_text",
+    "generated_token_ids",
+    "num_generated_tokens",
+    "num_input_tokens",
+    "finish_reason",
+    "logprobs",
+)
+SCORE_COLUMNS = (
+    "num_input_tokens",
+    "prompt_token_ids",
+    "prompt_logprobs",
+    "total_logprob",
+    "perplexity",
+)
 ERROR_COLUMN = "error"
 
 # gpt2gen's reasons -> OpenAI's: the end-of-text token and a stop string both "stop".
@@ -69,7 +81,9 @@ def check_sampling_params(params: Optional[Mapping], where: str = "sampling_para
     if params is None:
         return {}
     if not isinstance(params, Mapping):
-        raise TypeError(f"{where} must be an object of OpenAI sampling parameters, got {type(params).__name__}")
+        raise TypeError(
+            f"{where} must be an object of OpenAI sampling parameters, got {type(params).__name__}"
+        )
     known = list(SAMPLING_PARAMS) + [_ONE_COMPLETION]
     unknown = [k for k in params if k not in known]
     if unknown:
@@ -77,28 +91,41 @@ def check_sampling_params(params: Optional[Mapping], where: str = "sampling_para
     return {k: v for k, v in params.items() if v is not None}
 
 
-def generate_options(sampling_params: Optional[Mapping], defaults: Optional[Mapping] = None) -> dict:
+def generate_options(
+    sampling_params: Optional[Mapping], defaults: Optional[Mapping] = None
+) -> dict:
     """``GPT2.generate``'s keywords for one row: OpenAI's defaults < ``defaults`` < the row's.
 
     Types and names are checked here, with OpenAI's names in the messages; value ranges are
     checked by the engine when the row runs.
     """
-    merged = {**check_sampling_params(defaults, "default sampling_params"),
-              **check_sampling_params(sampling_params)}
+    merged = {
+        **check_sampling_params(defaults, "default sampling_params"),
+        **check_sampling_params(sampling_params),
+    }
     n = merged.pop(_ONE_COMPLETION, 1)
     if isinstance(n, bool) or n != 1:
-        raise ValueError(f"sampling_params.n must be 1 (one completion per row; repeat the row for more), got {n!r}")
-    options = {keyword: merged.get(name, default) for name, (keyword, default) in SAMPLING_PARAMS.items()}
+        raise ValueError(
+            f"sampling_params.n must be 1 (one completion per row; repeat the row for more), got {n!r}"
+        )
+    options = {
+        keyword: merged.get(name, default) for name, (keyword, default) in SAMPLING_PARAMS.items()
+    }
     options["max_new_tokens"] = token_count(options["max_new_tokens"], "sampling_params.max_tokens")
     stop = options["stop_strings"]
     if isinstance(stop, str):
         stop = [stop]
-    if stop is not None and (isinstance(stop, (bytes, Mapping)) or not isinstance(stop, Sequence)
-                             or not all(isinstance(s, str) for s in stop)):
+    if stop is not None and (
+        isinstance(stop, (bytes, Mapping))
+        or not isinstance(stop, Sequence)
+        or not all(isinstance(s, str) for s in stop)
+    ):
         raise TypeError(f"sampling_params.stop must be a string or a list of strings, got {stop!r}")
     options["stop_strings"] = list(stop) if stop else None
     if not isinstance(options["ignore_eos"], bool):
-        raise TypeError(f"sampling_params.ignore_eos must be true or false, got {options['ignore_eos']!r}")
+        raise TypeError(
+            f"sampling_params.ignore_eos must be true or false, got {options['ignore_eos']!r}"
+        )
     if options["top_k"] == -1:  # vLLM's other spelling of "off"
         options["top_k"] = 0
     return options
@@ -109,7 +136,9 @@ def check_job(sampling_params: Optional[Mapping], task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if task == "score" and check_sampling_params(sampling_params):
-        raise ValueError("sampling_params do not apply to task='score' (scores use the model's own distribution)")
+        raise ValueError(
+            "sampling_params do not apply to task='score' (scores use the model's own distribution)"
+        )
     generate_options(None, sampling_params)
 
 
@@ -120,7 +149,8 @@ def prompt_ids(model, prompt) -> list[int]:
     if isinstance(prompt, np.ndarray) and prompt.ndim == 1:
         prompt = prompt.tolist()
     if isinstance(prompt, (list, tuple)) and all(
-            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt):
+        isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt
+    ):
         return [int(t) for t in prompt]
     raise TypeError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
 
@@ -137,14 +167,18 @@ def prompt_text(model, prompt) -> str:
     ids = prompt_ids(model, prompt)
     text = model.decode(ids)  # ValueError for an id outside the vocabulary
     if model.encode(text) != ids:
-        raise ValueError("prompt: these token ids are not the tokenizer's encoding of their text, "
-                         "which is the only form of token-id prompt gpt2gen generates from; pass the text")
+        raise ValueError(
+            "prompt: these token ids are not the tokenizer's encoding of their text, "
+            "which is the only form of token-id prompt gpt2gen generates from; pass the text"
+        )
     return text
 
 
 def _settings_key(options: dict, row: int):
     """Rows with equal keys can share an engine batch: the same settings but for the seed."""
-    key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items() if k != "seed")
+    key = tuple(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in options.items() if k != "seed"
+    )
     try:
         hash(key)
     except TypeError:  # a value of the wrong type (a dict, ...): alone, the engine names it
@@ -166,8 +200,14 @@ class RowRunner:
     the first failure raises ``RowError``.
     """
 
-    def __init__(self, model, sampling_params: Optional[Mapping] = None, *, task: str = "generate",
-                 fail_fast: bool = False):
+    def __init__(
+        self,
+        model,
+        sampling_params: Optional[Mapping] = None,
+        *,
+        task: str = "generate",
+        fail_fast: bool = False,
+    ):
         check_job(sampling_params, task)
         self.model = model
         self.defaults = dict(sampling_params or {})
@@ -220,26 +260,45 @@ class RowRunner:
         _, _, first = group[0]
         options = {k: v for k, v in first.items() if k not in ("max_new_tokens", "seed")}
         try:
-            completions = self.model.generate([text for _, text, _ in group], first["max_new_tokens"],
-                                              seed=[o["seed"] for _, _, o in group], **options)
+            completions = self.model.generate(
+                [text for _, text, _ in group],
+                first["max_new_tokens"],
+                seed=[o["seed"] for _, _, o in group],
+                **options,
+            )
         except _ROW_ERRORS as error:
             if len(group) == 1:
                 i = group[0][0]
                 return [(i, self._failed(i, prompts[i], error))]
             # Some row of the batch is at fault: each alone tells which.
             return [out for row in group for out in self._generate([row], prompts)]
-        return [(i, self._generated(text, completion)) for (i, text, _), completion in zip(group, completions)]
+        return [
+            (i, self._generated(text, completion))
+            for (i, text, _), completion in zip(group, completions)
+        ]
 
     def _generated(self, text: str, completion) -> dict:
         logprobs = None
         if completion.logprobs is not None:
-            logprobs = [{"token": lp.text, "token_id": lp.token, "logprob": float(lp.logprob),
-                         "top_logprobs": [{"token": t, "token_id": a, "logprob": float(alp)} for a, t, alp in lp.top]}
-                        for lp in completion.logprobs]
-        row = {"generated_text": completion.text, "generated_token_ids": list(completion.token_ids),
-               "num_generated_tokens": len(completion.token_ids),
-               "num_input_tokens": len(self.model.encode(text)),
-               "finish_reason": _FINISH_REASONS[completion.finish_reason], "logprobs": logprobs}
+            logprobs = [
+                {
+                    "token": lp.text,
+                    "token_id": lp.token,
+                    "logprob": float(lp.logprob),
+                    "top_logprobs": [
+                        {"token": t, "token_id": a, "logprob": float(alp)} for a, t, alp in lp.top
+                    ],
+                }
+                for lp in completion.logprobs
+            ]
+        row = {
+            "generated_text": completion.text,
+            "generated_token_ids": list(completion.token_ids),
+            "num_generated_tokens": len(completion.token_ids),
+            "num_input_tokens": len(self.model.encode(text)),
+            "finish_reason": _FINISH_REASONS[completion.finish_reason],
+            "logprobs": logprobs,
+        }
         return self._complete(row)
 
     def _score(self, prompt, params) -> dict:
@@ -248,8 +307,13 @@ class RowRunner:
         ids = prompt_ids(self.model, prompt)
         score = self.model.score(ids)
         logprobs = [float(x) for x in score.logprobs]
-        row = {"num_input_tokens": len(ids), "prompt_token_ids": ids, "prompt_logprobs": [None] + logprobs,
-               "total_logprob": score.total, "perplexity": score.perplexity}
+        row = {
+            "num_input_tokens": len(ids),
+            "prompt_token_ids": ids,
+            "prompt_logprobs": [None] + logprobs,
+            "total_logprob": score.total,
+            "perplexity": score.perplexity,
+        }
         return self._complete(row)
 
     def _complete(self, row: dict) -> dict:

@@ -30,7 +30,9 @@ try:
     import pyarrow as pa
     import ray.data
 except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError(f"gpt2gen.ray_data needs Ray Data: pip install \"gpt2gen[ray]\" ({error})") from error
+    raise ImportError(
+        f'gpt2gen.ray_data needs Ray Data: pip install "gpt2gen[ray]" ({error})'
+    ) from error
 
 from .batch_rows import RowRunner, check_job
 
@@ -94,25 +96,33 @@ class ProcessorConfig:
 
     def __post_init__(self):
         if not isinstance(self.model_source, (str, os.PathLike)):
-            raise TypeError(f"model_source must be a model name or directory, got {type(self.model_source).__name__}")
+            raise TypeError(
+                f"model_source must be a model name or directory, got {type(self.model_source).__name__}"
+            )
         self.model_source = os.fspath(self.model_source)  # a str travels to the actors as it is
         _positive_int("batch_size", self.batch_size)
         _positive_int("num_threads", self.num_threads)
         _positive_int("max_concurrent_batches", self.max_concurrent_batches)
         if isinstance(self.concurrency, tuple):
             if len(self.concurrency) != 2:
-                raise ValueError(f"concurrency must be an int or a (min, max) pair, got {self.concurrency!r}")
+                raise ValueError(
+                    f"concurrency must be an int or a (min, max) pair, got {self.concurrency!r}"
+                )
             for value in self.concurrency:
                 _positive_int("concurrency", value)
             if self.concurrency[0] > self.concurrency[1]:
-                raise ValueError(f"concurrency (min, max) needs min <= max, got {self.concurrency!r}")
+                raise ValueError(
+                    f"concurrency (min, max) needs min <= max, got {self.concurrency!r}"
+                )
         else:
             _positive_int("concurrency", self.concurrency)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.fail_fast, bool):
             raise TypeError(f"fail_fast must be True or False, got {self.fail_fast!r}")
-        check_job(self.sampling_params, self.task)  # as the actors will, but here where the mistake is
+        check_job(
+            self.sampling_params, self.task
+        )  # as the actors will, but here where the mistake is
 
 
 class GPT2Predictor:
@@ -124,16 +134,24 @@ class GPT2Predictor:
         import gpt2gen
 
         gpt2gen.set_num_threads(config.num_threads)
-        self.model = gpt2gen.GPT2.from_pretrained(config.model_source, config.models_dir, dtype=config.dtype,
-                                                  max_batch=config.batch_size)
-        self.runner = RowRunner(self.model, config.sampling_params, task=config.task,
-                                fail_fast=config.fail_fast)
+        self.model = gpt2gen.GPT2.from_pretrained(
+            config.model_source, config.models_dir, dtype=config.dtype, max_batch=config.batch_size
+        )
+        self.runner = RowRunner(
+            self.model, config.sampling_params, task=config.task, fail_fast=config.fail_fast
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if "prompt" not in batch.column_names:
-            raise ValueError(f"gpt2gen's processor needs a 'prompt' column (text or token ids), the batch "
-                             f"has {batch.column_names}; make one with build_processor(preprocess=...)")
-        params = batch.column("sampling_params").to_pylist() if "sampling_params" in batch.column_names else None
+            raise ValueError(
+                f"gpt2gen's processor needs a 'prompt' column (text or token ids), the batch "
+                f"has {batch.column_names}; make one with build_processor(preprocess=...)"
+            )
+        params = (
+            batch.column("sampling_params").to_pylist()
+            if "sampling_params" in batch.column_names
+            else None
+        )
         rows = self.runner.run(batch.column("prompt").to_pylist(), params)
         for name in self.runner.columns:
             values = pa.array([row[name] for row in rows], type=COLUMN_TYPES[name])
@@ -149,20 +167,29 @@ class Processor:
     (``Dataset.map_batches`` on an actor pool), postprocess (a row function). Lazy, as Ray Data is:
     nothing runs until the result is consumed."""
 
-    def __init__(self, config: ProcessorConfig, preprocess: Optional[Callable] = None,
-                 postprocess: Optional[Callable] = None, preprocess_map_kwargs: Optional[dict] = None,
-                 postprocess_map_kwargs: Optional[dict] = None):
+    def __init__(
+        self,
+        config: ProcessorConfig,
+        preprocess: Optional[Callable] = None,
+        postprocess: Optional[Callable] = None,
+        preprocess_map_kwargs: Optional[dict] = None,
+        postprocess_map_kwargs: Optional[dict] = None,
+    ):
         if not isinstance(config, ProcessorConfig):
-            raise TypeError(f"config must be a gpt2gen.ray_data.ProcessorConfig, got {type(config).__name__}")
+            raise TypeError(
+                f"config must be a gpt2gen.ray_data.ProcessorConfig, got {type(config).__name__}"
+            )
         for name, fn in (("preprocess", preprocess), ("postprocess", postprocess)):
             if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be a function of a row (a dict), got {type(fn).__name__}")
+                raise TypeError(
+                    f"{name} must be a function of a row (a dict), got {type(fn).__name__}"
+                )
         self.config = config
         self.preprocess, self.postprocess = preprocess, postprocess
         self.preprocess_map_kwargs = dict(preprocess_map_kwargs or {})
         self.postprocess_map_kwargs = dict(postprocess_map_kwargs or {})
 
-    def __call__(self, dataset: "ray.data.Dataset") -> "ray.data.Dataset":
+    def __call__(self, dataset: ray.data.Dataset) -> ray.data.Dataset:
         if not isinstance(dataset, ray.data.Dataset):
             raise TypeError(f"a processor maps a ray.data.Dataset, got {type(dataset).__name__}")
         if self.preprocess is not None:
@@ -173,20 +200,32 @@ class Processor:
         else:
             sizes = dict(size=config.concurrency)
         # Batches of one actor run in threads, all on the actor's one model and its scheduler.
-        pool = ray.data.ActorPoolStrategy(**sizes, max_concurrent_calls_per_actor=config.max_concurrent_batches,
-                                          enable_true_multi_threading=config.max_concurrent_batches > 1)
+        pool = ray.data.ActorPoolStrategy(
+            **sizes,
+            max_concurrent_calls_per_actor=config.max_concurrent_batches,
+            enable_true_multi_threading=config.max_concurrent_batches > 1,
+        )
         dataset = dataset.map_batches(
-            GPT2Predictor, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size,
-            batch_format="pyarrow", compute=pool, num_cpus=config.num_threads)
+            GPT2Predictor,
+            fn_constructor_kwargs={"config": config},
+            batch_size=config.batch_size,
+            batch_format="pyarrow",
+            compute=pool,
+            num_cpus=config.num_threads,
+        )
         if self.postprocess is not None:
             dataset = dataset.map(self.postprocess, **self.postprocess_map_kwargs)
         return dataset
 
 
-def build_processor(config: ProcessorConfig, preprocess: Optional[Callable[[dict], dict]] = None,
-                    postprocess: Optional[Callable[[dict], dict]] = None, *,
-                    preprocess_map_kwargs: Optional[dict[str, Any]] = None,
-                    postprocess_map_kwargs: Optional[dict[str, Any]] = None) -> Processor:
+def build_processor(
+    config: ProcessorConfig,
+    preprocess: Optional[Callable[[dict], dict]] = None,
+    postprocess: Optional[Callable[[dict], dict]] = None,
+    *,
+    preprocess_map_kwargs: Optional[dict[str, Any]] = None,
+    postprocess_map_kwargs: Optional[dict[str, Any]] = None,
+) -> Processor:
     """A ``Processor`` for ``config``, as ``ray.data.llm.build_processor``: ``preprocess`` turns an
     input row into one with ``prompt`` (and optionally ``sampling_params``); ``postprocess`` shapes
     each output row. The ``*_map_kwargs`` go to their ``Dataset.map`` (e.g. ``num_cpus``)."""
