@@ -31,9 +31,15 @@ busy, pass --threads 1 (or set OMP_NUM_THREADS=1): with a core taken, two thread
 times slower than one. The results are the same at any thread count.
 """
 
+def _batch(argv: list) -> int:
+    from .batch_cli import main as batch_main  # lazily: a generation never imports it
+
+    return batch_main(argv)
+
+
 # First-word subcommands: name -> main(argv) -> exit status. Without one, the command line is a
 # generation; a prompt that equals a subcommand's name goes after "--".
-SUBCOMMANDS: dict[str, Callable[[list], int]] = {}
+SUBCOMMANDS: dict[str, Callable[[list], int]] = {"batch": _batch}
 
 
 def parse_args(argv):
