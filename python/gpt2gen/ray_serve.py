@@ -155,8 +155,10 @@ def build_openai_app(config: Union[AppConfig, Mapping[str, Any]]) -> serve.Appli
     ingress = serve.ingress(build_replica_app)()
     try:
         deployment = serve.deployment(ingress, **config.deployment_options())
-    except ValueError as error:  # Ray's own check of autoscaling_config, which names the key
-        raise ValueError(f"autoscaling_config: {error}") from None
+    except ValueError as error:  # Ray's (pydantic's) check of autoscaling_config's values
+        problems = error.errors() if hasattr(error, "errors") else ()
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in problems)
+                         or " ".join(str(error).split())) from None
     return deployment.bind()
 
 
@@ -220,7 +222,10 @@ def _parse(name: str, hint, value):
         if kind is Sequence:
             if value.lstrip().startswith("["):
                 return tuple(json.loads(value))
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+            parts = tuple(part.strip() for part in value.split(",") if part.strip())
+            if not parts:  # (an explicit empty list is "[]")
+                raise ValueError
+            return parts
     except ValueError:  # (json's errors are ValueErrors)
         expected = {int: "an integer", bool: "true or false", Mapping: "a JSON object",
                     Sequence: "a comma-separated or JSON list"}[kind]
