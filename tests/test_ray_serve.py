@@ -37,24 +37,41 @@ DEPLOY_SECONDS = 300  # a replica starts in seconds, but the machine is shared
 # --- the configuration, without a cluster -------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, message", [
-    ({}, "model_source is required"),
-    ({"model_source": ""}, "model_source"),
-    ({"model_source": "m", "num_replica": 2}, "unknown option.*num_replica"),
-    ({"model_source": "m", "num_replicas": "two"}, "num_replicas must be an integer"),
-    ({"model_source": "m", "num_replicas": 0}, "num_replicas must be an int >= 1"),
-    ({"model_source": "m", "num_replicas": 2, "autoscaling_config": {"max_replicas": 2}},
-     "num_replicas or autoscaling_config"),
-    ({"model_source": "m", "autoscaling_config": "[1]"}, "autoscaling_config must be a JSON object"),
-    ({"model_source": "m", "autoscaling_config": {"max_replica": 2}}, "autoscaling_config: unknown key.*max_replica"),
-    ({"model_source": "m", "autoscaling_config": {"min_replicas": -1}}, "autoscaling_config.min_replicas: Input should be greater than or equal to 0"),
-    ({"model_source": "m", "num_threads": 0}, "num_threads must be an int >= 1"),
-    ({"model_source": "m", "dtype": "fp16"}, "dtype must be one of"),
-    ({"model_source": "m", "allow_pickle": "maybe"}, "allow_pickle must be true or false"),
-    ({"model_source": "m", "max_batch": "0"}, "max_batch must be an int >= 1"),
-    ({"model_source": "m", "chat_template": "nope"}, "unknown chat template"),
-    ({"model_source": "m", "api_keys": " , "}, "api_keys must be a comma-separated or JSON list"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({}, "model_source is required"),
+        ({"model_source": ""}, "model_source"),
+        ({"model_source": "m", "num_replica": 2}, "unknown option.*num_replica"),
+        ({"model_source": "m", "num_replicas": "two"}, "num_replicas must be an integer"),
+        ({"model_source": "m", "num_replicas": 0}, "num_replicas must be an int >= 1"),
+        (
+            {"model_source": "m", "num_replicas": 2, "autoscaling_config": {"max_replicas": 2}},
+            "num_replicas or autoscaling_config",
+        ),
+        (
+            {"model_source": "m", "autoscaling_config": "[1]"},
+            "autoscaling_config must be a JSON object",
+        ),
+        (
+            {"model_source": "m", "autoscaling_config": {"max_replica": 2}},
+            "autoscaling_config: unknown key.*max_replica",
+        ),
+        (
+            {"model_source": "m", "autoscaling_config": {"min_replicas": -1}},
+            "autoscaling_config.min_replicas: Input should be greater than or equal to 0",
+        ),
+        ({"model_source": "m", "num_threads": 0}, "num_threads must be an int >= 1"),
+        ({"model_source": "m", "dtype": "fp16"}, "dtype must be one of"),
+        ({"model_source": "m", "allow_pickle": "maybe"}, "allow_pickle must be true or false"),
+        ({"model_source": "m", "max_batch": "0"}, "max_batch must be an int >= 1"),
+        ({"model_source": "m", "chat_template": "nope"}, "unknown chat template"),
+        (
+            {"model_source": "m", "api_keys": " , "},
+            "api_keys must be a comma-separated or JSON list",
+        ),
+    ],
+)
 def test_a_bad_config_is_an_error_naming_the_option(args, message):
     with pytest.raises(ValueError, match=message):
         build_openai_app(args)
@@ -62,17 +79,33 @@ def test_a_bad_config_is_an_error_naming_the_option(args, message):
 
 def test_serve_run_strings_are_parsed_into_the_config(monkeypatch):
     monkeypatch.delenv("GPT2GEN_API_KEY", raising=False)
-    config = AppConfig.from_dict({"model_source": "gpt2", "num_replicas": "3", "num_threads": "2",
-                                  "api_keys": "a,b", "max_batch": "8", "allow_pickle": "true",
-                                  "cors_origins": '["http://x"]'})
+    config = AppConfig.from_dict(
+        {
+            "model_source": "gpt2",
+            "num_replicas": "3",
+            "num_threads": "2",
+            "api_keys": "a,b",
+            "max_batch": "8",
+            "allow_pickle": "true",
+            "cors_origins": '["http://x"]',
+        }
+    )
     assert (config.num_replicas, config.num_threads, config.allow_pickle) == (3, 2, True)
     assert config.server.api_keys == ("a", "b") and config.server.cors_origins == ("http://x",)
     assert config.server.served_model_name == "gpt2" and config.server.max_batch == 8
-    assert config.deployment_options() == {"name": "gpt2gen", "ray_actor_options": {"num_cpus": 2},
-                                           "max_ongoing_requests": 8, "num_replicas": 3}
-    scaled = AppConfig.from_dict({"model_source": "gpt2", "autoscaling_config": '{"max_replicas": 4}'})
-    assert scaled.deployment_options()["autoscaling_config"] == {"target_ongoing_requests": 16,
-                                                                 "max_replicas": 4}
+    assert config.deployment_options() == {
+        "name": "gpt2gen",
+        "ray_actor_options": {"num_cpus": 2},
+        "max_ongoing_requests": 8,
+        "num_replicas": 3,
+    }
+    scaled = AppConfig.from_dict(
+        {"model_source": "gpt2", "autoscaling_config": '{"max_replicas": 4}'}
+    )
+    assert scaled.deployment_options()["autoscaling_config"] == {
+        "target_ongoing_requests": 16,
+        "max_replicas": 4,
+    }
     monkeypatch.setenv("GPT2GEN_API_KEY", "from-env")
     assert AppConfig.from_dict({"model_source": "gpt2"}).server.api_keys == ("from-env",)
 
@@ -83,11 +116,19 @@ def test_importing_gpt2gen_never_imports_ray_and_a_missing_ray_is_one_line(tmp_p
     blocked = tmp_path / "ray"  # a `ray` that cannot be imported, ahead of the real one
     blocked.mkdir()
     (blocked / "__init__.py").write_text("raise ModuleNotFoundError('no ray here', name='ray')\n")
-    result = subprocess.run([sys.executable, "-c", "import gpt2gen.ray_serve"], capture_output=True,
-                            text=True, timeout=WAIT_SECONDS, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-c", "import gpt2gen.ray_serve"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last == 'ImportError: gpt2gen.ray_serve needs Ray Serve: pip install "gpt2gen[ray]" (ray is missing)'
+    assert (
+        last
+        == 'ImportError: gpt2gen.ray_serve needs Ray Serve: pip install "gpt2gen[ray]" (ray is missing)'
+    )
 
 
 # --- on a local cluster ------------------------------------------------------------------------
@@ -125,18 +166,40 @@ def client_for(base_url: str, key: str = KEY):
 
 def test_serve_run_cli_deploys_with_its_key_value_arguments(cluster, model_dir, model):
     env = {k: v for k, v in os.environ.items() if k != "GPT2GEN_API_KEY"}
-    command = [sys.executable, "-m", "ray.serve.scripts", "run", "gpt2gen.ray_serve:build_openai_app",
-               f"model_source={model_dir}", "served_model_name=from-cli", "num_replicas=1",
-               "num_threads=1", "max_batch=2", "api_keys=k1,k2",
-               "--name", "cli", "--route-prefix", "/cli", "--non-blocking",
-               "--address", ray.get_runtime_context().gcs_address]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=DEPLOY_SECONDS)
+    command = [
+        sys.executable,
+        "-m",
+        "ray.serve.scripts",
+        "run",
+        "gpt2gen.ray_serve:build_openai_app",
+        f"model_source={model_dir}",
+        "served_model_name=from-cli",
+        "num_replicas=1",
+        "num_threads=1",
+        "max_batch=2",
+        "api_keys=k1,k2",
+        "--name",
+        "cli",
+        "--route-prefix",
+        "/cli",
+        "--non-blocking",
+        "--address",
+        ray.get_runtime_context().gcs_address,
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=DEPLOY_SECONDS
+    )
     try:
         assert result.returncode == 0, result.stderr[-3000:]
         client = client_for(f"{cluster}/cli/v1", key="k2")
         assert [m.id for m in client.models.list().data] == ["from-cli"]
-        completion = client.completions.create(model="from-cli", prompt="Once upon", max_tokens=12, seed=4)
-        assert completion.choices[0].text == model.generate("Once upon", 12, temperature=1.0, seed=4).text
+        completion = client.completions.create(
+            model="from-cli", prompt="Once upon", max_tokens=12, seed=4
+        )
+        assert (
+            completion.choices[0].text
+            == model.generate("Once upon", 12, temperature=1.0, seed=4).text
+        )
     finally:
         serve.delete("cli")
 
@@ -148,7 +211,9 @@ def test_a_model_that_cannot_load_fails_the_deployment_with_its_reason(cluster, 
         with pytest.raises(RuntimeError, match="Deploying application broken failed"):
             serve.run(app, name="broken", route_prefix="/broken")
         status = serve.status().applications["broken"].deployments["gpt2gen"]
-        assert f"'{missing}' is neither an existing directory nor a known model name" in status.message
+        assert (
+            f"'{missing}' is neither an existing directory nor a known model name" in status.message
+        )
     finally:
         serve.delete("broken")
 
@@ -157,9 +222,17 @@ def test_a_model_that_cannot_load_fails_the_deployment_with_its_reason(cluster, 
 def url(cluster, model_dir):
     # max_ongoing_requests=2 below max_batch: a replica holds two requests, so concurrent ones
     # must spread over both replicas.
-    app = build_openai_app({"model_source": str(model_dir), "served_model_name": MODEL_NAME,
-                            "num_replicas": 2, "num_threads": 1, "api_keys": [KEY], "max_batch": 4,
-                            "max_ongoing_requests": 2})
+    app = build_openai_app(
+        {
+            "model_source": str(model_dir),
+            "served_model_name": MODEL_NAME,
+            "num_replicas": 2,
+            "num_threads": 1,
+            "api_keys": [KEY],
+            "max_batch": 4,
+            "max_ongoing_requests": 2,
+        }
+    )
     serve.run(app, name="openai", route_prefix="/")
     yield cluster
     serve.delete("openai")
@@ -169,9 +242,22 @@ REQUESTS = [
     {"prompt": "The quick brown fox", "max_tokens": 40, "temperature": 0},
     {"prompt": "Once upon a time", "max_tokens": 32, "seed": 1},
     {"prompt": "Alan Turing", "max_tokens": 48, "temperature": 0.8, "top_p": 0.9, "seed": 2},
-    {"prompt": "hello", "max_tokens": 24, "temperature": 0.7, "top_k": 20, "seed": 3, "logprobs": 3},
+    {
+        "prompt": "hello",
+        "max_tokens": 24,
+        "temperature": 0.7,
+        "top_k": 20,
+        "seed": 3,
+        "logprobs": 3,
+    },
     {"prompt": "It was", "max_tokens": 40, "stop": ["e", "\n"], "temperature": 0},
-    {"prompt": "A B C", "max_tokens": 36, "presence_penalty": 1.0, "frequency_penalty": 0.5, "seed": 5},
+    {
+        "prompt": "A B C",
+        "max_tokens": 36,
+        "presence_penalty": 1.0,
+        "frequency_penalty": 0.5,
+        "seed": 5,
+    },
     {"prompt": "Numbers 1 2 3", "max_tokens": 30, "min_p": 0.1, "seed": 6, "logprobs": 0},
     {"prompt": "zzz", "max_tokens": 44, "repetition_penalty": 1.3, "temperature": 0},
 ]
@@ -181,12 +267,19 @@ EXTENSIONS = ("top_k", "min_p", "repetition_penalty")  # gpt2gen's fields beyond
 def offline(model, body: dict):
     """The library's completion for an OpenAI request body (OpenAI's defaults restated)."""
     return model.generate(
-        body["prompt"], body["max_tokens"], temperature=body.get("temperature", 1.0),
-        top_p=body.get("top_p", 1.0), top_k=body.get("top_k", 0), min_p=body.get("min_p", 0.0),
+        body["prompt"],
+        body["max_tokens"],
+        temperature=body.get("temperature", 1.0),
+        top_p=body.get("top_p", 1.0),
+        top_k=body.get("top_k", 0),
+        min_p=body.get("min_p", 0.0),
         repetition_penalty=body.get("repetition_penalty", 1.0),
         presence_penalty=body.get("presence_penalty", 0.0),
-        frequency_penalty=body.get("frequency_penalty", 0.0), seed=body.get("seed"),
-        stop_strings=body.get("stop"), logprobs=body.get("logprobs"))
+        frequency_penalty=body.get("frequency_penalty", 0.0),
+        seed=body.get("seed"),
+        stop_strings=body.get("stop"),
+        logprobs=body.get("logprobs"),
+    )
 
 
 def test_two_replicas_answer_concurrent_requests_as_the_library_does(url, model):
@@ -195,7 +288,9 @@ def test_two_replicas_answer_concurrent_requests_as_the_library_does(url, model)
     def ask(body):
         standard = {k: v for k, v in body.items() if k not in EXTENSIONS}
         extra = {k: v for k, v in body.items() if k in EXTENSIONS}
-        raw = client.completions.with_raw_response.create(model=MODEL_NAME, **standard, extra_body=extra)
+        raw = client.completions.with_raw_response.create(
+            model=MODEL_NAME, **standard, extra_body=extra
+        )
         return raw.headers["x-gpt2gen-replica"], raw.parse()
 
     bodies = REQUESTS * 2  # each twice: the same answer from whichever replica serves it
@@ -216,8 +311,13 @@ def test_two_replicas_answer_concurrent_requests_as_the_library_does(url, model)
 
 def test_a_stream_through_the_proxy_joins_to_the_library_text(url, model):
     stream = client_for(f"{url}/v1").completions.create(
-        model=MODEL_NAME, prompt="Hello", max_tokens=30, seed=9, stream=True,
-        stream_options={"include_usage": True})
+        model=MODEL_NAME,
+        prompt="Hello",
+        max_tokens=30,
+        seed=9,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     done = model.generate("Hello", 30, temperature=1.0, seed=9)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == done.text
@@ -230,14 +330,24 @@ def test_an_unknown_model_is_a_404_in_openai_shape(url):
     assert caught.value.status_code == 404
     assert caught.value.body == {
         "message": "The model `no-such-model` does not exist; this server serves `test-gpt2`",
-        "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
 
 
 def test_the_api_key_is_required_and_health_stays_open(url):
     with pytest.raises(openai.AuthenticationError):
         client_for(f"{url}/v1", key="wrong").models.list()
-    response = httpx.post(f"{url}/v1/completions", json={"model": MODEL_NAME, "prompt": "hi"}, timeout=60)
-    assert response.status_code == 401 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+    response = httpx.post(
+        f"{url}/v1/completions", json={"model": MODEL_NAME, "prompt": "hi"}, timeout=60
+    )
+    assert response.status_code == 401 and set(response.json()["error"]) == {
+        "message",
+        "type",
+        "param",
+        "code",
+    }
     assert httpx.get(f"{url}/health", timeout=60).json() == {"status": "ok"}
     assert [m.id for m in client_for(f"{url}/v1").models.list().data] == [MODEL_NAME]
 

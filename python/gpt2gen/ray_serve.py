@@ -29,13 +29,16 @@ try:
     from ray import serve
     from ray.serve.config import AutoscalingConfig
 except ImportError as error:
-    raise ImportError(f'gpt2gen.ray_serve needs Ray Serve: pip install "gpt2gen[ray]" '
-                      f"({error.name} is missing)") from error
+    raise ImportError(
+        f'gpt2gen.ray_serve needs Ray Serve: pip install "gpt2gen[ray]" ({error.name} is missing)'
+    ) from error
 
 # serve.ingress takes a function building the app in each replica since Ray 2.47.
 if tuple(int(part) for part in ray.__version__.split(".")[:2]) < (2, 47):
-    raise ImportError(f'gpt2gen.ray_serve needs Ray >= 2.47, found {ray.__version__}: '
-                      f'pip install -U "gpt2gen[ray]"')
+    raise ImportError(
+        f"gpt2gen.ray_serve needs Ray >= 2.47, found {ray.__version__}: "
+        f'pip install -U "gpt2gen[ray]"'
+    )
 
 from .server import ServerConfig, create_app  # noqa: E402 - after the checks, which name what is missing
 
@@ -66,21 +69,27 @@ class AppConfig:
         if isinstance(self.model_source, os.PathLike):
             object.__setattr__(self, "model_source", os.fspath(self.model_source))
         if not isinstance(self.model_source, str) or not self.model_source:
-            raise ValueError(f"model_source must be a model name or directory, got {self.model_source!r}")
+            raise ValueError(
+                f"model_source must be a model name or directory, got {self.model_source!r}"
+            )
         for name in ("num_replicas", "max_ongoing_requests"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
         _check_positive("num_threads", self.num_threads)
         if self.autoscaling_config is not None:
             if not isinstance(self.autoscaling_config, Mapping):
-                raise TypeError(f"autoscaling_config must be a dict, got {type(self.autoscaling_config).__name__}")
+                raise TypeError(
+                    f"autoscaling_config must be a dict, got {type(self.autoscaling_config).__name__}"
+                )
             if self.num_replicas is not None:
                 raise ValueError("give num_replicas or autoscaling_config, not both")
             known = getattr(AutoscalingConfig, "model_fields", None) or AutoscalingConfig.__fields__
             unknown = sorted(set(self.autoscaling_config) - set(known))
             if unknown:  # Ray would ignore them
-                raise ValueError(f"autoscaling_config: unknown key(s) {', '.join(map(str, unknown))} "
-                                 f"(known: {', '.join(sorted(known))})")
+                raise ValueError(
+                    f"autoscaling_config: unknown key(s) {', '.join(map(str, unknown))} "
+                    f"(known: {', '.join(sorted(known))})"
+                )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.models_dir is not None and not isinstance(self.models_dir, (str, os.PathLike)):
@@ -90,7 +99,9 @@ class AppConfig:
         if self.server is None:
             object.__setattr__(self, "server", ServerConfig(served_model_name=self.model_source))
         elif not isinstance(self.server, ServerConfig):
-            raise TypeError(f"server must be a gpt2gen.server.ServerConfig, got {type(self.server).__name__}")
+            raise TypeError(
+                f"server must be a gpt2gen.server.ServerConfig, got {type(self.server).__name__}"
+            )
 
     @classmethod
     def from_dict(cls, args: Mapping[str, Any]) -> AppConfig:
@@ -107,8 +118,9 @@ class AppConfig:
         served = {f.name for f in fields(ServerConfig)}
         unknown = sorted(set(args) - own - served)
         if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(unknown)} (known: "
-                             f"{', '.join(sorted(own | served))})")
+            raise ValueError(
+                f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(own | served))})"
+            )
         if "model_source" not in args:
             raise ValueError("model_source is required: a model name or a directory")
         own_hints = typing.get_type_hints(cls)
@@ -131,8 +143,10 @@ class AppConfig:
         if self.autoscaling_config is not None:
             # Ray's default target (2 requests per replica) would add a replica while one batch
             # still has room: a replica is busy when its batch is full.
-            options["autoscaling_config"] = {"target_ongoing_requests": self.server.max_batch,
-                                             **self.autoscaling_config}
+            options["autoscaling_config"] = {
+                "target_ongoing_requests": self.server.max_batch,
+                **self.autoscaling_config,
+            }
         else:
             options["num_replicas"] = self.num_replicas or 1
         return options
@@ -157,8 +171,10 @@ def build_openai_app(config: Union[AppConfig, Mapping[str, Any]]) -> serve.Appli
         deployment = serve.deployment(ingress, **config.deployment_options())
     except ValueError as error:  # Ray's (pydantic's) check of autoscaling_config's values
         problems = error.errors() if hasattr(error, "errors") else ()
-        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in problems)
-                         or " ".join(str(error).split())) from None
+        raise ValueError(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in problems)
+            or " ".join(str(error).split())
+        ) from None
     return deployment.bind()
 
 
@@ -167,8 +183,9 @@ def replica_app(config: AppConfig):
     import gpt2gen
 
     gpt2gen.set_num_threads(config.num_threads)
-    model = gpt2gen.GPT2.from_pretrained(config.model_source, config.models_dir, dtype=config.dtype,
-                                         allow_pickle=config.allow_pickle)
+    model = gpt2gen.GPT2.from_pretrained(
+        config.model_source, config.models_dir, dtype=config.dtype, allow_pickle=config.allow_pickle
+    )
     app = create_app(model, config.server)
     app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
     return app
@@ -205,7 +222,11 @@ def _parse(name: str, hint, value):
     """A ``serve run`` string as the field's type; other values are left to the field's check."""
     if not isinstance(value, str):
         return value
-    kinds = [k for k in typing.get_args(hint) if k is not type(None)] if typing.get_origin(hint) is Union else [hint]
+    kinds = (
+        [k for k in typing.get_args(hint) if k is not type(None)]
+        if typing.get_origin(hint) is Union
+        else [hint]
+    )
     kind = typing.get_origin(kinds[0]) or kinds[0]
     try:
         if kind is int:
@@ -227,7 +248,11 @@ def _parse(name: str, hint, value):
                 raise ValueError
             return parts
     except ValueError:  # (json's errors are ValueErrors)
-        expected = {int: "an integer", bool: "true or false", Mapping: "a JSON object",
-                    Sequence: "a comma-separated or JSON list"}[kind]
+        expected = {
+            int: "an integer",
+            bool: "true or false",
+            Mapping: "a JSON object",
+            Sequence: "a comma-separated or JSON list",
+        }[kind]
         raise ValueError(f"{name} must be {expected}, got {value!r}") from None
     return value
