@@ -13,8 +13,9 @@
 #                         packages raising ModuleNotFoundError), so the tests comparing against
 #                         them skip through importorskip.
 #
-# Which tests: all of tests/ except those marked `slow`. The tests needing torch/transformers are
-# kept by default because, measured here (2 cores), they are not slow under ASan: the whole suite
+# Which tests: all of tests/ except those marked `slow` or `service` (those starting a Ray cluster,
+# whose own daemons would inherit the sanitizers through LD_PRELOAD). The tests needing
+# torch/transformers are kept by default because, measured here (2 cores), they are not slow under ASan: the whole suite
 # took 132 s with them and ~150 s without them on a busier machine, and the torch/transformers
 # subset alone takes ~20 s. They load real Hugging Face-layout checkpoints through the engine,
 # which the NumPy-reference tests do not.
@@ -87,7 +88,7 @@ esac
 
 echo "== pytest under ASan+UBSan (log: $log)"
 set +e
-LD_PRELOAD="$asan $ubsan" python -m pytest -p no:cacheprovider -q -m "not slow" \
+LD_PRELOAD="$asan $ubsan" python -m pytest -p no:cacheprovider -q -m "not slow and not service" \
   --durations=15 "$@" tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e

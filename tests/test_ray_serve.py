@@ -1,7 +1,8 @@
 """gpt2gen.ray_serve on a local Ray cluster (2 CPUs): the OpenAI server as a Ray Serve
 application. Two replicas answer concurrent requests from the ``openai`` client exactly as
 ``GPT2.generate`` does in this process; errors keep OpenAI's shape through Ray's proxy; Ray's
-``serve run`` command passes its ``key=value`` arguments to ``build_openai_app``.
+``serve run`` command passes its ``key=value`` arguments to ``build_openai_app``; a client that
+hangs up cancels its generation on the replica.
 
 One cluster for the module, Serve's HTTP proxy on 127.0.0.1 and a free port. The cluster has 2
 CPUs and every replica reserves one: the tests that deploy an application of their own run before
@@ -21,7 +22,17 @@ import httpx
 import pytest
 
 import gpt2gen
-from serving import MODEL_NAME, WAIT_SECONDS, legacy_logprobs, make_model_dir, openai_finish
+from serving import (
+    MODEL_NAME,
+    SLOW_MAX_TOKENS,
+    WAIT_SECONDS,
+    legacy_logprobs,
+    make_model_dir,
+    make_slow_model_dir,
+    metric,
+    openai_finish,
+    wait_metric,
+)
 
 pytestmark = pytest.mark.service
 
@@ -216,6 +227,37 @@ def test_a_model_that_cannot_load_fails_the_deployment_with_its_reason(cluster, 
         )
     finally:
         serve.delete("broken")
+
+
+def test_a_client_that_disconnects_cancels_its_generation_on_the_replica(cluster, tmp_path):
+    app = build_openai_app(
+        {
+            "model_source": str(make_slow_model_dir(tmp_path)),
+            "num_replicas": 1,
+            "served_model_name": MODEL_NAME,
+        }
+    )
+    serve.run(app, name="slow", route_prefix="/slow")
+    url = f"{cluster}/slow"
+    endless = {
+        "model": MODEL_NAME,
+        "prompt": "hi",
+        "max_tokens": SLOW_MAX_TOKENS,
+        "ignore_eos": True,
+    }
+    try:
+        with httpx.stream(
+            "POST", f"{url}/v1/completions", json={**endless, "stream": True}, timeout=WAIT_SECONDS
+        ) as response:
+            assert next(response.iter_lines()).startswith("data: ")  # generating; now hang up
+        cancelled = "gpt2gen_requests_finished_total"
+        assert wait_metric(url, cancelled, lambda v: v == 1, finish_reason="cancelled") == 1
+        with pytest.raises(httpx.ReadTimeout):  # a client that gives up waiting for a whole answer
+            httpx.post(f"{url}/v1/completions", json=endless, timeout=2)
+        assert wait_metric(url, cancelled, lambda v: v == 2, finish_reason="cancelled") == 2
+        assert metric(url, "gpt2gen_requests_running") == 0
+    finally:
+        serve.delete("slow")
 
 
 @pytest.fixture(scope="module")
