@@ -17,8 +17,8 @@
 # whose own daemons would inherit the sanitizers through LD_PRELOAD). The tests needing
 # torch/transformers are kept by default because, measured here (2 cores), they are not slow
 # under ASan: the whole suite took 132 s with them and ~150 s without them on a busier machine,
-# and the torch/transformers subset alone takes ~20 s. They load real Hugging Face-layout checkpoints through the engine,
-# which the NumPy-reference tests do not.
+# and the torch/transformers subset alone takes ~20 s. They load real Hugging Face-layout
+# checkpoints through the engine, which the NumPy-reference tests do not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
