@@ -13,12 +13,13 @@
 #                         packages raising ModuleNotFoundError), so the tests comparing against
 #                         them skip through importorskip.
 #
-# Which tests: all of tests/ except those marked `slow` or `service` (those starting a Ray cluster,
-# whose own daemons would inherit the sanitizers through LD_PRELOAD). The tests needing
-# torch/transformers are kept by default because, measured here (2 cores), they are not slow
-# under ASan: the whole suite took 132 s with them and ~150 s without them on a busier machine,
-# and the torch/transformers subset alone takes ~20 s. They load real Hugging Face-layout
-# checkpoints through the engine, which the NumPy-reference tests do not.
+# Which tests: all of tests/ except those marked `slow` or `service` (a real HTTP server, browser
+# or Ray cluster: third-party native code the sanitizers are not for, and minutes of run time;
+# the engine they drive is covered by the scheduler's own tests here). The tests needing torch/transformers are
+# kept by default because, measured here (2 cores), they are not slow under ASan: the whole suite
+# took 132 s with them and ~150 s without them on a busier machine, and the torch/transformers
+# subset alone takes ~20 s. They load real Hugging Face-layout checkpoints through the engine,
+# which the NumPy-reference tests do not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)

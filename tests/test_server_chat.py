@@ -24,6 +24,8 @@ from serving import (
     wait_healthy,
 )
 
+pytestmark = pytest.mark.service  # a real server on 127.0.0.1
+
 openai = pytest.importorskip("openai")
 
 # The documented templates, restated (README and gpt2gen/server/chat_templates.py).

@@ -26,6 +26,8 @@ from serving import (
     wait_healthy,
 )
 
+pytestmark = pytest.mark.service  # a real server on 127.0.0.1
+
 openai = pytest.importorskip("openai")
 
 EOS = 399

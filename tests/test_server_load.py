@@ -23,6 +23,8 @@ from serving import (
     wait_metric,
 )
 
+pytestmark = pytest.mark.service  # a real server on 127.0.0.1
+
 openai = pytest.importorskip("openai")
 
 

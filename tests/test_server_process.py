@@ -19,6 +19,8 @@ import pytest
 import gpt2gen
 from serving import MODEL_NAME, make_model_dir, metric, serve_process, wait_healthy, wait_metric
 
+pytestmark = pytest.mark.service  # a real server on 127.0.0.1
+
 openai = pytest.importorskip("openai")
 
 CLI = [sys.executable, "-c", "import sys, gpt2gen.cli; sys.exit(gpt2gen.cli.main())"]
