@@ -34,7 +34,7 @@ from serving import (
     wait_metric,
 )
 
-pytestmark = pytest.mark.service
+pytestmark = pytest.mark.service  # a local Ray cluster, Serve's proxy on 127.0.0.1
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
