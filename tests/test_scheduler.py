@@ -179,8 +179,9 @@ def test_a_full_queue_is_a_typed_refusal(model_dir):
 
     async def main():
         engine = AsyncEngine(model)
-        first = engine.submit("hello", 200, ignore_eos=True)
-        await asyncio.sleep(0.02)  # running
+        first = engine.submit("hello", 10**6, ignore_eos=True, context_overflow="slide")
+        async for _ in first:
+            break  # running
         waiting = [engine.submit("a", 5), engine.submit("b", 5)]
         with pytest.raises(QueueFullError, match="queue is full.*max_queue = 2"):
             engine.submit("c", 5)
