@@ -222,8 +222,8 @@ def test_shutdown_with_requests_in_flight(model_dir):
     model = GPT2.from_pretrained(model_dir, max_batch=2)
     results = []
 
-    def worker(prompt):
-        results.append(model.generate(prompt, 250, ignore_eos=True))
+    def worker(prompt):  # endless: only the shutdown ends them
+        results.append(model.generate(prompt, 10**6, ignore_eos=True, context_overflow="slide"))
 
     threads = [threading.Thread(target=worker, args=(p,)) for p in ("a", "b", "c", "d")]
     for t in threads:
