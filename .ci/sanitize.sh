@@ -13,7 +13,9 @@
 #                         packages raising ModuleNotFoundError), so the tests comparing against
 #                         them skip through importorskip.
 #
-# Which tests: all of tests/ except those marked `slow`. The tests needing torch/transformers are
+# Which tests: all of tests/ except those marked `slow` or `service` (a real HTTP server, browser
+# or Ray cluster: third-party native code the sanitizers are not for, and minutes of run time;
+# the engine they drive is covered by the scheduler's own tests here). The tests needing torch/transformers are
 # kept by default because, measured here (2 cores), they are not slow under ASan: the whole suite
 # took 132 s with them and ~150 s without them on a busier machine, and the torch/transformers
 # subset alone takes ~20 s. They load real Hugging Face-layout checkpoints through the engine,
@@ -87,7 +89,7 @@ esac
 
 echo "== pytest under ASan+UBSan (log: $log)"
 set +e
-LD_PRELOAD="$asan $ubsan" python -m pytest -p no:cacheprovider -q -m "not slow" \
+LD_PRELOAD="$asan $ubsan" python -m pytest -p no:cacheprovider -q -m "not slow and not service" \
   --durations=15 "$@" tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e

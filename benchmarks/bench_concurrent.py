@@ -37,6 +37,7 @@ ARGS = ARGS.parse_args()
 os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
 
 import numpy as np  # noqa: E402
+from random_weights import gpt2_params  # noqa: E402
 
 import gpt2gen  # noqa: E402
 
@@ -45,23 +46,7 @@ N_VOCAB, N_CTX, N_LAYER, N_EMBD, N_HEAD = 50257, 1024, 12, 768, 12
 
 def make_params(seed=0):
     """Random float32 weights of GPT-2 124M's shape."""
-    rng = np.random.default_rng(seed)
-    d = N_EMBD
-
-    def normal(*shape, scale=0.02):
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-
-    def ln():
-        return {"g": 1 + normal(d, scale=0.1), "b": normal(d)}
-
-    def lin(i, o):
-        return {"w": normal(i, o), "b": normal(o)}
-
-    return {"wte": normal(N_VOCAB, d, scale=0.1), "wpe": normal(N_CTX, d, scale=0.01),
-            "blocks": [{"ln_1": ln(), "attn": {"c_attn": lin(d, 3 * d), "c_proj": lin(d, d)},
-                        "ln_2": ln(), "mlp": {"c_fc": lin(d, 4 * d), "c_proj": lin(4 * d, d)}}
-                       for _ in range(N_LAYER)],
-            "ln_f": ln()}
+    return gpt2_params(N_LAYER, N_EMBD, N_VOCAB, N_CTX, seed)
 
 
 class IdText:

@@ -110,6 +110,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", str(ARGS.threads))
 os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
 
 import numpy as np  # noqa: E402
+from random_weights import gpt2_params  # noqa: E402
 
 import gpt2gen  # noqa: E402
 from gpt2gen import reference  # noqa: E402
@@ -119,25 +120,7 @@ from gpt2gen.packing import pack_params  # noqa: E402
 
 def make_params(size: str, seed: int = 0) -> dict:
     n_layer, d, _ = SIZES[size]
-    rng = np.random.default_rng(seed)
-
-    def normal(*shape, scale=0.02):
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-
-    def ln():
-        return {"g": 1 + normal(d, scale=0.1), "b": normal(d)}
-
-    def lin(i, o):
-        return {"w": normal(i, o), "b": normal(o)}
-
-    return {
-        "wte": normal(N_VOCAB, d, scale=0.1),
-        "wpe": normal(N_CTX, d, scale=0.01),
-        "blocks": [{"ln_1": ln(), "attn": {"c_attn": lin(d, 3 * d), "c_proj": lin(d, d)},
-                    "ln_2": ln(), "mlp": {"c_fc": lin(d, 4 * d), "c_proj": lin(4 * d, d)}}
-                   for _ in range(n_layer)],
-        "ln_f": ln(),
-    }
+    return gpt2_params(n_layer, d, N_VOCAB, N_CTX, seed)
 
 
 def weight_bytes_per_token(params) -> int:

@@ -1,8 +1,6 @@
 // Chooses the per-instruction-set kernel table at run time and holds the thread-count knob.
 #include "backend.hpp"
 
-#include <omp.h>
-
 #if defined(__linux__)
 #include <pthread.h>
 #include <sched.h>
@@ -16,11 +14,13 @@
 #include <string>
 #include <utility>
 
+#include "openmp.hpp"
+
 namespace gpt2gen {
 
-#define GPT2GEN_DECLARE_ISA(isa) \
-  namespace isa_##isa {          \
-  const Backend& get_backend();  \
+#define GPT2GEN_DECLARE_ISA(isa)  \
+  namespace isa_##isa {           \
+    const Backend& get_backend(); \
   }
 GPT2GEN_DECLARE_ISA(generic)
 #if GPT2GEN_HAVE_AVX2
@@ -40,12 +40,11 @@ std::vector<const Backend*> usable_backends() {
 #if GPT2GEN_HAVE_AVX512
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      __builtin_cpu_supports("fma"))
     out.push_back(&isa_avx512::get_backend());
 #endif
 #if GPT2GEN_HAVE_AVX2
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     out.push_back(&isa_avx2::get_backend());
 #endif
 #endif
@@ -58,8 +57,8 @@ const Backend* find_backend(const std::string& name) {
     if (name == b->name) return b;
   std::string names;
   for (const std::string& n : supported_backends()) names += (names.empty() ? "" : ", ") + n;
-  throw std::invalid_argument("backend '" + name + "' is not available on this CPU (available: " +
-                              names + ")");
+  throw std::invalid_argument("backend '" + name +
+                              "' is not available on this CPU (available: " + names + ")");
 }
 
 const Backend* initial_backend() {
@@ -94,6 +93,9 @@ int physical_cores() {
 }
 
 int default_threads() {
+#ifndef _OPENMP
+  return 1;  // built without OpenMP: every parallel region runs on the calling thread
+#endif
   const char* env = std::getenv("OMP_NUM_THREADS");
   if (env && *env) return omp_get_max_threads();
   static const int cores = physical_cores();

@@ -1,8 +1,9 @@
 // One set of kernels per instruction set, chosen at run time.
 //
-// csrc/kernels.cpp and csrc/forward.cpp are compiled once per instruction set (see
-// CMakeLists.txt), each copy in its own namespace; each copy fills a Backend table. The engine
-// calls through the table chosen by the CPU's features, so the default build runs on any x86-64.
+// The kernels and the forward pass are compiled once per instruction set (see CMakeLists.txt and
+// csrc/isa.hpp), each copy in its own namespace; each copy fills a Backend table
+// (csrc/backend_table.cpp). The engine calls through the table chosen by the CPU's features, so
+// the default build runs on any x86-64. The kernels are declared and documented in kernels.hpp.
 #pragma once
 
 #include <cstdint>
@@ -22,13 +23,14 @@ struct Kernels {
   void (*softmax)(T* x, int n);
   void (*linear)(const T* x, int n, LinearWeights<T> lin, T* out);
   void (*unembed)(const T* x, int n, const T* wte, Packed wte_packed, int n_vocab, int d, T* out);
-  void (*attention)(const T* qkv, int n, int n_embd, int n_head, int pos0, T* keys, T* values,
-                    int capacity, T* scores, T* out);
+  void (*kv_cache_append)(const T* qkv, int n, int n_embd, int n_head, int pos0, T* keys, T* values,
+                          int capacity);
+  void (*causal_attention)(const T* qkv, int n, int n_embd, int n_head, int pos0, const T* keys,
+                           const T* values, int capacity, T* scores, T* out);
   // The new positions of every chunk through the blocks (all chunks' rows go through each matrix
   // product together), writing their keys and values into each chunk's cache at positions
   // cache->length.. (the caller advances length); the final hidden states are left in ws.x.
-  void (*transformer)(const Weights<T>& w, const Chunk<T>* chunks, int n_chunks,
-                      Workspace<T>& ws);
+  void (*transformer)(const Weights<T>& w, const Chunk<T>* chunks, int n_chunks, Workspace<T>& ws);
   // logits[n, n_vocab] = unembed(ln_f(x[n, n_embd])), through ws.h.
   void (*lm_head)(const Weights<T>& w, const T* x, int n, Workspace<T>& ws, T* logits);
 };
@@ -43,9 +45,13 @@ struct Backend {
 };
 
 template <>
-inline const Kernels<float>& Backend::kernels<float>() const { return f32; }
+inline const Kernels<float>& Backend::kernels<float>() const {
+  return f32;
+}
 template <>
-inline const Kernels<double>& Backend::kernels<double>() const { return f64; }
+inline const Kernels<double>& Backend::kernels<double>() const {
+  return f64;
+}
 
 // The backend in use: the fastest the CPU supports, or the one named by GPT2GEN_ISA.
 const Backend& backend();

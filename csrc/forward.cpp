@@ -10,7 +10,8 @@ namespace GPT2GEN_ISA_NS {
 
 namespace {
 
-// out = c_proj(causal_self_attention(c_attn(x))); each chunk attends over its own cache.
+// out = c_proj(causal_self_attention(c_attn(x))); each chunk attends over its own cache, to which
+// its new keys and values are first appended.
 template <typename T>
 void mha(const T* x, int rows, const BlockWeights<T>& block, int layer, const Chunk<T>* chunks,
          int n_chunks, Workspace<T>& ws, T* out) {
@@ -18,9 +19,12 @@ void mha(const T* x, int rows, const BlockWeights<T>& block, int layer, const Ch
   linear(x, rows, block.c_attn, ws.qkv.data());
   for (int c = 0, row = 0; c < n_chunks; row += chunks[c++].n) {
     KVCache<T>& cache = *chunks[c].cache;
-    attention(ws.qkv.data() + size_t(row) * 3 * n_embd, chunks[c].n, n_embd, cache.n_head,
-              cache.length, cache.keys(layer), cache.values(layer), cache.capacity,
-              ws.scores.data(), ws.att.data() + size_t(row) * n_embd);
+    const T* qkv = ws.qkv.data() + size_t(row) * 3 * n_embd;
+    kv_cache_append(qkv, chunks[c].n, n_embd, cache.n_head, cache.length, cache.keys(layer),
+                    cache.values(layer), cache.capacity);
+    causal_attention(qkv, chunks[c].n, n_embd, cache.n_head, cache.length, cache.keys(layer),
+                     cache.values(layer), cache.capacity, ws.scores.data(),
+                     ws.att.data() + size_t(row) * n_embd);
   }
   linear(ws.att.data(), rows, block.attn_proj, out);
 }
@@ -79,18 +83,6 @@ template void transformer<double>(const Weights<double>&, const Chunk<double>*, 
 template void lm_head<float>(const Weights<float>&, const float*, int, Workspace<float>&, float*);
 template void lm_head<double>(const Weights<double>&, const double*, int, Workspace<double>&,
                               double*);
-
-template <typename T>
-static Kernels<T> kernel_table() {
-  return {embedding<T>, layer_norm<T>, gelu<T>,         softmax<T>, linear<T>,
-          unembed<T>,   attention<T>,  transformer<T>, lm_head<T>};
-}
-
-const Backend& get_backend() {
-  static const Backend table{GPT2GEN_STRINGIFY(GPT2GEN_ISA), kernel_table<float>(),
-                             kernel_table<double>()};
-  return table;
-}
 
 }  // namespace GPT2GEN_ISA_NS
 }  // namespace gpt2gen

@@ -7,8 +7,8 @@
 namespace gpt2gen {
 
 template <typename T>
-void forward_pass(const Weights<T>& weights, const Chunk<T>* chunks, int n_chunks,
-                  Workspace<T>& ws, const int* rows, int n_rows, T* logits) {
+void forward_pass(const Weights<T>& weights, const Chunk<T>* chunks, int n_chunks, Workspace<T>& ws,
+                  const int* rows, int n_rows, T* logits) {
   const Kernels<T>& kernels = backend().kernels<T>();
   kernels.transformer(weights, chunks, n_chunks, ws);
   for (int c = 0; c < n_chunks; ++c) chunks[c].cache->length += chunks[c].n;

@@ -11,7 +11,7 @@ namespace gpt2gen {
 // and writes logits[i] for the i-th of rows (ascending indices into the chunks' concatenated
 // positions). ws must hold every chunk's rows; its final hidden states are overwritten.
 template <typename T>
-void forward_pass(const Weights<T>& weights, const Chunk<T>* chunks, int n_chunks,
-                  Workspace<T>& ws, const int* rows, int n_rows, T* logits);
+void forward_pass(const Weights<T>& weights, const Chunk<T>* chunks, int n_chunks, Workspace<T>& ws,
+                  const int* rows, int n_rows, T* logits);
 
 }  // namespace gpt2gen

@@ -21,11 +21,12 @@ void GenerationOptions::validate(int n_vocab, int n_ctx, size_t prompt_length,
                                  const std::string& which) const {
   auto fail = [](const std::string& message) { throw std::invalid_argument(message); };
   sampling.validate(n_vocab);
-  if (max_new_tokens < 0) fail("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
+  if (max_new_tokens < 0)
+    fail("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
   for (int32_t eos : eos_token_ids)
     if (eos < 0 || eos >= n_vocab)
-      fail("eos_token_id " + std::to_string(eos) + " is not a token id: the vocabulary has ids 0.." +
-           std::to_string(n_vocab - 1));
+      fail("eos_token_id " + std::to_string(eos) +
+           " is not a token id: the vocabulary has ids 0.." + std::to_string(n_vocab - 1));
   if (top_logprobs && (*top_logprobs < 0 || *top_logprobs > 1000))
     fail("logprobs (alternatives per token) must be in [0, 1000], got " +
          std::to_string(*top_logprobs));
@@ -33,7 +34,8 @@ void GenerationOptions::validate(int n_vocab, int n_ctx, size_t prompt_length,
     fail("prompt_logprobs (alternatives per token) must be in [0, 1000], got " +
          std::to_string(*prompt_logprobs));
   if (prompt_length == 0)
-    fail(which + " is empty: the model needs at least one prompt token (GPT-2 models "
+    fail(which +
+         " is empty: the model needs at least one prompt token (GPT-2 models "
          "conventionally start from <|endoftext|>)");
   const size_t positions = prompt_length + size_t(max_new_tokens);
   if (!slide_context && positions > size_t(n_ctx))

@@ -38,8 +38,10 @@ const MemoryBudget& memory_budget() {
 
 void refuse_if_over(size_t bytes, const MemoryBudget& budget) {
   if (bytes > budget.bytes)
-    throw std::length_error("this generation would need " + gib(bytes) + " for its KV cache and "
-                            "activations, more than " + budget.owner + " " + gib(budget.bytes));
+    throw std::length_error("this generation would need " + gib(bytes) +
+                            " for its KV cache and "
+                            "activations, more than " +
+                            budget.owner + " " + gib(budget.bytes));
 }
 
 }  // namespace gpt2gen

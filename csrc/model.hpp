@@ -72,8 +72,11 @@ struct KVCache {
   std::vector<T> k, v;
 
   KVCache(const Weights<T>& w, int capacity)
-      : n_head(w.n_head), head_dim(w.head_dim()), capacity(capacity),
-        k(layer_size() * w.n_layer()), v(layer_size() * w.n_layer()) {}
+      : n_head(w.n_head),
+        head_dim(w.head_dim()),
+        capacity(capacity),
+        k(layer_size() * w.n_layer()),
+        v(layer_size() * w.n_layer()) {}
 
   static size_t bytes(const Weights<T>& w, int capacity) {
     return 2 * sizeof(T) * size_t(w.n_layer()) * w.n_embd * capacity;
@@ -99,12 +102,17 @@ struct Workspace {
   std::vector<T> x, h, h2, qkv, att, mlp, scores;
 
   Workspace(const Weights<T>& w, int max_rows, int max_capacity)
-      : x(size_t(max_rows) * w.n_embd), h(x.size()), h2(x.size()), qkv(3 * x.size()),
-        att(x.size()), mlp(size_t(max_rows) * w.d_ff()), scores(score_count(w, max_capacity)) {}
+      : x(size_t(max_rows) * w.n_embd),
+        h(x.size()),
+        h2(x.size()),
+        qkv(3 * x.size()),
+        att(x.size()),
+        mlp(size_t(max_rows) * w.d_ff()),
+        scores(score_count(w, max_capacity)) {}
 
   static size_t bytes(const Weights<T>& w, int max_rows, int max_capacity) {
-    return sizeof(T) * (size_t(max_rows) * (7 * size_t(w.n_embd) + w.d_ff()) +
-                        score_count(w, max_capacity));
+    return sizeof(T) *
+           (size_t(max_rows) * (7 * size_t(w.n_embd) + w.d_ff()) + score_count(w, max_capacity));
   }
 
  private:

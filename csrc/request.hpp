@@ -30,13 +30,13 @@ class Request {
 
   struct Update {
     std::vector<int32_t> tokens;
-    std::vector<ScoredToken> logprobs;  // one per token, when the request asked for logprobs
+    std::vector<ScoredToken> logprobs;         // one per token, when the request asked for logprobs
     FinishReason finish = FinishReason::none;  // set with the last update
   };
 
   // --- the consumer ---
-  Update take();               // what is new since the last take()
-  bool wait(double seconds);   // true once take() has something new (or the request finished)
+  Update take();                   // what is new since the last take()
+  bool wait(double seconds);       // true once take() has something new (or the request finished)
   void stop(FinishReason reason);  // cancelled, or stopped by the consumer (a stop string)
   bool finished() const;
   // The prompt's tokens after the first, scored (when asked for); complete once the first new

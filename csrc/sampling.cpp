@@ -58,8 +58,10 @@ void SamplingOptions::validate(int n_vocab) const {
   auto fail = [](const std::string& message) { throw std::invalid_argument(message); };
   for (const auto& [token, bias] : logit_bias) {
     if (token < 0 || token >= n_vocab)
-      fail("logit_bias has token id " + std::to_string(token) + ", not a token id: the vocabulary "
-           "has ids 0.." + std::to_string(n_vocab - 1));
+      fail("logit_bias has token id " + std::to_string(token) +
+           ", not a token id: the vocabulary "
+           "has ids 0.." +
+           std::to_string(n_vocab - 1));
     if (!(bias >= -100 && bias <= 100))
       fail("logit_bias values must be in [-100, 100], got " + str(bias) + " for token " +
            std::to_string(token));
@@ -67,8 +69,10 @@ void SamplingOptions::validate(int n_vocab) const {
   if (!std::isfinite(temperature) || temperature < 0)
     fail("temperature must be a finite number >= 0 (0 means greedy), got " + str(temperature));
   if (top_k < 0) fail("top_k must be >= 0 (0 disables it), got " + std::to_string(top_k));
-  if (!(top_p > 0 && top_p <= 1)) fail("top_p must be in (0, 1] (1 disables it), got " + str(top_p));
-  if (!(min_p >= 0 && min_p <= 1)) fail("min_p must be in [0, 1] (0 disables it), got " + str(min_p));
+  if (!(top_p > 0 && top_p <= 1))
+    fail("top_p must be in (0, 1] (1 disables it), got " + str(top_p));
+  if (!(min_p >= 0 && min_p <= 1))
+    fail("min_p must be in [0, 1] (0 disables it), got " + str(min_p));
   if (!std::isfinite(repetition_penalty) || repetition_penalty <= 0)
     fail("repetition_penalty must be a finite number > 0 (1 disables it), got " +
          str(repetition_penalty));
@@ -193,9 +197,10 @@ int32_t Sampler::choose(const T* logits, int n_top_logprobs, TokenLogprob* chose
     lse = log_sum_exp(scores_);
     const int n = std::min(n_top_logprobs, n_vocab_);
     for (int v = 0; v < n_vocab_; ++v) order_[v] = v;
-    std::partial_sort(order_.begin(), order_.begin() + n, order_.end(), [this](int32_t a, int32_t b) {
-      return scores_[a] > scores_[b] || (scores_[a] == scores_[b] && a < b);
-    });
+    std::partial_sort(order_.begin(), order_.begin() + n, order_.end(),
+                      [this](int32_t a, int32_t b) {
+                        return scores_[a] > scores_[b] || (scores_[a] == scores_[b] && a < b);
+                      });
     top->clear();
     for (int i = 0; i < n; ++i) top->push_back({order_[i], scores_[order_[i]] - lse});
   }
@@ -245,9 +250,8 @@ std::vector<double> Sampler::probabilities(const T* logits) {
   return probs;
 }
 
-#define GPT2GEN_INSTANTIATE(T)                                                            \
-  template int32_t Sampler::choose<T>(const T*, int, TokenLogprob*,                      \
-                                      std::vector<TokenLogprob>*);                        \
+#define GPT2GEN_INSTANTIATE(T)                                                                   \
+  template int32_t Sampler::choose<T>(const T*, int, TokenLogprob*, std::vector<TokenLogprob>*); \
   template std::vector<double> Sampler::probabilities<T>(const T*);
 GPT2GEN_INSTANTIATE(float)
 GPT2GEN_INSTANTIATE(double)

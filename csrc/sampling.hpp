@@ -67,7 +67,8 @@ class Sampler {
 
  private:
   template <typename T>
-  void penalize(const T* logits);  // scores_ = logits after logit bias and repetition/presence/frequency penalties
+  void penalize(const T* logits);  // scores_ = logits after logit bias and
+                                   // repetition/presence/frequency penalties
   void apply_temperature();        // scores_ /= temperature
   void truncate();                 // top-k, top-p, min-p on scores_
 

@@ -81,6 +81,11 @@ Scheduler<T>::Scheduler(const Weights<T>& weights, const SchedulerLimits& limits
 }
 
 template <typename T>
+bool Scheduler<T>::owned_by_this_process() const {
+  return getpid() == owner_pid_;
+}
+
+template <typename T>
 Scheduler<T>::~Scheduler() {
   shutdown();
   if (getpid() != owner_pid_) return;  // a forked child: the descriptors are the parent's too
@@ -113,7 +118,8 @@ size_t Scheduler<T>::request_bytes(size_t prompt_length, const GenerationOptions
 
 template <typename T>
 void Scheduler<T>::check_memory(const std::vector<size_t>& prompt_lengths,
-                               const std::vector<GenerationOptions>& options, bool together) const {
+                                const std::vector<GenerationOptions>& options,
+                                bool together) const {
   if (options.size() != 1 && options.size() != prompt_lengths.size())
     throw std::invalid_argument("give one set of options, or one per prompt");
   const MemoryBudget budget = limits_.kv_bytes > 0
@@ -332,8 +338,7 @@ void Scheduler<T>::step() {
     if (size_t(position) + 1 != s.tokens.size()) continue;
     if (!s.prefilled) {
       s.prefilled = true;
-      if (s.options.prompt_logprobs)
-        s.request->publish_prompt_logprobs(std::move(s.prompt_scores));
+      if (s.options.prompt_logprobs) s.request->publish_prompt_logprobs(std::move(s.prompt_scores));
     }
     if (s.generated < s.options.max_new_tokens)
       choose(s, row);

@@ -70,6 +70,11 @@ class Scheduler {
   // Cancels every request, queued or running, and stops the thread. Idempotent.
   void shutdown();
 
+  // False in a forked child, whose copy of this scheduler has no thread and whose locks and
+  // condition variables may be held or waited on by threads that do not exist there: such a
+  // copy must be leaked, never destroyed.
+  bool owned_by_this_process() const;
+
   int running() const { return running_count_.load(); }
   int waiting() const { return waiting_count_.load(); }
   const SchedulerLimits& limits() const { return limits_; }

@@ -1,23 +1,59 @@
-// float32 SIMD helpers for the per-instruction-set copies of kernels.cpp: one register type per
-// ISA (AVX-512: 16 lanes, AVX2: 8), masked loads/stores for tails, and a vectorised exp.
-// Included only by kernels.cpp, inside its isa_<name> namespace, so each copy gets its own.
-// Without AVX2 GPT2GEN_SIMD_F32 is 0 and the kernels keep their portable loops.
+// Every instruction-set intrinsic the kernels use, behind one type: simd::Vec<float>, the float32
+// vector of the instruction set this copy is compiled for (AVX-512: 16 lanes, AVX2: 8), with its
+// arithmetic, masked loads/stores for tails, a vectorised exp, the widening loads of each weight
+// format's storage type, and prefetch.
+//
+// Where the instruction set has no such vector (the generic build, or a machine this file does
+// not know yet) Vec<float> is left undefined and kHasVec<float> is false: the vector kernels are
+// templates over Vec<float> that are then never instantiated, and the portable kernels run. So
+// porting the vector kernels to a new instruction set (ARM NEON, ...) is one more Vec<float>
+// specialization here (see csrc/README.md).
+//
+// Included inside each per-instruction-set copy's namespace (via kernels.hpp), so each copy gets
+// its own Vec.
 #pragma once
 
-#include <immintrin.h>
-
 #include <cstdint>
+#include <cstring>
 
-#include "kernels.hpp"  // GPT2GEN_ISA_NS
+#include "isa.hpp"
+#include "weight_format.hpp"  // the storage types the widening loads take
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+// gcc 12's AVX-512 header warns about its own deliberately undefined registers (gcc bug 105593,
+// fixed in gcc 13) wherever its functions are inlined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+// Register tiles: loops over a tile's rows and vectors must unroll fully so arrays stay in
+// registers.
+#define GPT2GEN_UNROLL _Pragma("GCC unroll 32")
 
 namespace gpt2gen {
 namespace GPT2GEN_ISA_NS {
 namespace simd {
 
-#if defined(__AVX512F__)
-#define GPT2GEN_SIMD_F32 1
+// The vector type of T on this instruction set: defined only where there is one.
+template <typename T>
+struct Vec;
+template <typename T>
+inline constexpr bool kHasVec = false;
 
-struct F32 {
+#if defined(__AVX512F__)
+
+template <>
+inline constexpr bool kHasVec<float> = true;
+
+template <>
+struct Vec<float> {
   using V = __m512;
   using Mask = __mmask16;
   static constexpr int W = 16;  // lanes
@@ -64,12 +100,41 @@ struct F32 {
     const V y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(y, n);
   }
+
+  // W stored weights as float32 (see weight_format.hpp): bf16 is a 16-bit shift of the
+  // zero-extended bits, int8 a sign extension and a conversion. The partial forms read only the
+  // first n < W values and zero the other lanes (never reading past them: the matrix may end).
+  static V widen(const float* p) { return load(p); }
+  static V widen(const Bf16* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  }
+  static V widen(const int8_t* p) {
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static V widen(const float* p, int n) { return n >= W ? widen(p) : load(p, mask(n)); }
+  static V widen(const Bf16* p, int n) {
+    if (n >= W) return widen(p);
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(n), p)), 16));
+  }
+  static V widen(const int8_t* p, int n) {
+    if (n >= W) return widen(p);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask(n), p)));
+  }
+
+  // Into L1, ahead of a stream the hardware prefetchers do not keep up with.
+  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };
 
 #elif defined(__AVX2__) && defined(__FMA__)
-#define GPT2GEN_SIMD_F32 1
 
-struct F32 {
+template <>
+inline constexpr bool kHasVec<float> = true;
+
+template <>
+struct Vec<float> {
   using V = __m256;
   using Mask = __m256i;
   static constexpr int W = 8;
@@ -125,7 +190,8 @@ struct F32 {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     const V y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-    // 2^n built in the exponent field; n ∈ [-126, 128] after the clamp: split 2^n = 2^(n/2)·2^(n−n/2).
+    // 2^n built in the exponent field; n ∈ [-126, 128] after the clamp: split
+    // 2^n = 2^(n/2)·2^(n−n/2).
     const __m256i ni = _mm256_cvtps_epi32(n);
     const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
     const __m256i bias = _mm256_set1_epi32(127);
@@ -136,10 +202,30 @@ struct F32 {
     out = _mm256_blendv_ps(out, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
     return _mm256_blendv_ps(out, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // NaN in, NaN out
   }
+
+  // W stored weights as float32, as in the AVX-512 Vec; AVX2 has no masked narrow loads, so a
+  // partial vector goes through a zeroed buffer.
+  static V widen(const float* p) { return load(p); }
+  static V widen(const Bf16* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  }
+  static V widen(const int8_t* p) {
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static V widen(const float* p, int n) { return n >= W ? widen(p) : load(p, mask(n)); }
+  template <typename E>
+  static V widen(const E* p, int n) {
+    if (n >= W) return widen(p);
+    alignas(32) E buf[W] = {};
+    std::memcpy(buf, p, sizeof(E) * n);
+    return widen(buf);
+  }
+
+  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };
 
-#else
-#define GPT2GEN_SIMD_F32 0
 #endif
 
 }  // namespace simd

@@ -22,9 +22,10 @@ ScoredToken score_token(const T* logits, int n_vocab, int32_t token, int n_top) 
     std::vector<int32_t> order(n_vocab);
     for (int v = 0; v < n_vocab; ++v) order[v] = v;
     const int n = std::min(n_top, n_vocab);
-    std::partial_sort(order.begin(), order.begin() + n, order.end(), [logits](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    });
+    std::partial_sort(order.begin(), order.begin() + n, order.end(),
+                      [logits](int32_t a, int32_t b) {
+                        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+                      });
     for (int i = 0; i < n; ++i)
       scored.top.push_back({order[i], double(logits[order[i]]) - m - log_sum});
   }

@@ -43,7 +43,8 @@ std::vector<double> score(const Weights<T>& weights, const std::vector<int32_t>&
                           const std::function<void()>& between_chunks) {
   std::vector<double> out;
   if (ids.size() < 2) return out;
-  std::vector<T> logits(size_t(std::min<size_t>(ids.size(), kWholeSequenceChunk)) * weights.n_vocab);
+  std::vector<T> logits(size_t(std::min<size_t>(ids.size(), kWholeSequenceChunk)) *
+                        weights.n_vocab);
   in_chunks(weights, ids, logits.data(), false, between_chunks,
             [&](int first, int count, const T* chunk_logits) {
               for (int r = 0; r < count && size_t(first + r) + 1 < ids.size(); ++r)

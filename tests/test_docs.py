@@ -40,7 +40,7 @@ def test_the_first_screen_says_how_the_torch_pin_gets_the_cpu_build():
 
 def _cli_lines():
     for block in code_blocks(README):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
             if line.startswith("$ gpt2gen") or line.startswith("gpt2gen "):
                 yield line.removeprefix("$ ").split("  #")[0].strip()
             elif "| gpt2gen " in line:
@@ -50,12 +50,21 @@ def _cli_lines():
 @pytest.mark.parametrize("line", sorted(set(_cli_lines())))
 def test_every_readme_command_line_parses(line, capsys):
     words = shlex.split(line)[1:]
+    parse_args = cli.parse_args
+    if words[:1] == ["serve"]:  # the server's own command line
+        parse_args = pytest.importorskip("gpt2gen.server.cli").parse_args
+        words = words[1:]
+    elif words[:1] == ["batch"]:  # the batch command's own command line
+        from gpt2gen import batch_cli
+
+        parse_args = batch_cli.parse_args
+        words = words[1:]
     if words == ["--help"]:
         with pytest.raises(SystemExit) as exit_:
-            cli.parse_args(words)
+            parse_args(words)
         assert exit_.value.code == 0
     else:
-        cli.parse_args(words)  # argparse exits (status 2) on an unknown option or a bad value
+        parse_args(words)  # argparse exits (status 2) on an unknown option or a bad value
     assert "error" not in capsys.readouterr().err
 
 

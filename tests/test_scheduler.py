@@ -142,28 +142,30 @@ def _wait_until(condition, seconds=30):
 def test_cancel_at_every_stage(model_dir):
     model = GPT2.from_pretrained(model_dir, max_batch=1, step_tokens=2)
     full = model.generate("hello", 200, ignore_eos=True)
+    endless = dict(ignore_eos=True, context_overflow="slide")  # runs until cancelled
 
     async def main():
         engine = AsyncEngine(model)
-        running = engine.submit("hello", 200, ignore_eos=True)
+        running = engine.submit("hello", 10**6, **endless)
         queued = engine.submit("x y z", 50, ignore_eos=True)  # waits: the batch holds one
-        await asyncio.sleep(0.05)
-        assert engine.waiting == 1
+        async for _ in running:
+            break
+        assert engine.waiting == 1 and engine.running == 1
         queued.cancel()
         q = await queued.result()
         assert q.finish_reason == "cancelled" and q.token_ids == []
-        # decoding: cancelled after some tokens, which are a prefix of the full result
+        # decoding: cancelled after some tokens, which are the uncancelled run's
         seen = []
         async for delta in running:
             seen += delta.token_ids
             if len(seen) >= 5:
                 running.cancel()
         r = await running.result()
-        assert r.finish_reason == "cancelled" and 5 <= len(r.token_ids) < 200
-        assert r.token_ids == full.token_ids[: len(r.token_ids)]
-        # prefilling: a long prompt at two positions per step is cancelled before its first token
+        assert r.finish_reason == "cancelled" and len(r.token_ids) >= 5
+        n = min(len(r.token_ids), 200)
+        assert r.token_ids[:n] == full.token_ids[:n]
+        # prefilling: a long prompt at two positions per step, cancelled before its first token
         long = engine.submit("the quick brown fox " * 10, 10)
-        await asyncio.sleep(0.01)
         long.cancel()
         assert (await long.result()).finish_reason == "cancelled"
         await engine.aclose()
@@ -177,8 +179,9 @@ def test_a_full_queue_is_a_typed_refusal(model_dir):
 
     async def main():
         engine = AsyncEngine(model)
-        first = engine.submit("hello", 200, ignore_eos=True)
-        await asyncio.sleep(0.02)  # running
+        first = engine.submit("hello", 10**6, ignore_eos=True, context_overflow="slide")
+        async for _ in first:
+            break  # running
         waiting = [engine.submit("a", 5), engine.submit("b", 5)]
         with pytest.raises(QueueFullError, match="queue is full.*max_queue = 2"):
             engine.submit("c", 5)
@@ -219,8 +222,8 @@ def test_shutdown_with_requests_in_flight(model_dir):
     model = GPT2.from_pretrained(model_dir, max_batch=2)
     results = []
 
-    def worker(prompt):
-        results.append(model.generate(prompt, 250, ignore_eos=True))
+    def worker(prompt):  # endless: only the shutdown ends them
+        results.append(model.generate(prompt, 10**6, ignore_eos=True, context_overflow="slide"))
 
     threads = [threading.Thread(target=worker, args=(p,)) for p in ("a", "b", "c", "d")]
     for t in threads:

@@ -1,8 +1,8 @@
 // Micro-benchmarks of the kernels at GPT-2 124M shapes (float32 weights, and packed bf16 / int8
 // ones: fmt 0 / 1, GB/s counting the packed bytes and int8 scales), called through the backend
-// table the engine uses (GPT2GEN_ISA / the CPU pick the instruction set, OMP_NUM_THREADS or the default
-// the thread count). Each kernel's output is first checked against a plain scalar loop (double
-// accumulation); a mismatch aborts with a message before anything is timed.
+// table the engine uses (GPT2GEN_ISA / the CPU pick the instruction set, OMP_NUM_THREADS or the
+// default the thread count). Each kernel's output is first checked against a plain scalar loop
+// (double accumulation); a mismatch aborts with a message before anything is timed.
 //
 //   cmake -S . -B build/bench -DGPT2GEN_BENCHMARKS=ON -Dpybind11_DIR=$(python -m pybind11 --cmakedir)
 //   cmake --build build/bench -j2 && build/bench/gpt2gen_bench
@@ -12,7 +12,7 @@
 // replicated and visited in rotation (like the layers of the real model) so decode figures are
 // memory-bound figures, not cache ones.
 #include <benchmark/benchmark.h>
-#include <omp.h>
+#include "openmp.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -74,9 +74,11 @@ void check(const char* name, const float* got, const std::vector<double>& want, 
 
 void set_counters(benchmark::State& state, double bytes, double flops) {
   if (bytes > 0)
-    state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GB/s"] =
+        benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   if (flops > 0)
-    state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = num_threads();
 }
 
@@ -100,7 +102,8 @@ void BM_memory_read(benchmark::State& state) {
 
 void BM_embedding(benchmark::State& state) {
   const int n = int(state.range(0));
-  static const std::vector<float> wte = random_vec(size_t(kVocab) * kEmbd, 2), wpe = random_vec(size_t(kCtx) * kEmbd, 3);
+  static const std::vector<float> wte = random_vec(size_t(kVocab) * kEmbd, 2),
+                                  wpe = random_vec(size_t(kCtx) * kEmbd, 3);
   std::vector<int32_t> ids(n);
   for (int i = 0; i < n; ++i) ids[i] = (i * 7919) % kVocab;
   std::vector<float> out(size_t(n) * kEmbd);
@@ -108,7 +111,8 @@ void BM_embedding(benchmark::State& state) {
   std::vector<double> want(out.size());
   for (int t = 0; t < n; ++t)
     for (int i = 0; i < kEmbd; ++i)
-      want[size_t(t) * kEmbd + i] = double(wte[size_t(ids[t]) * kEmbd + i] + wpe[size_t(5 + t) * kEmbd + i]);
+      want[size_t(t) * kEmbd + i] =
+          double(wte[size_t(ids[t]) * kEmbd + i] + wpe[size_t(5 + t) * kEmbd + i]);
   check("embedding", out.data(), want, 0, 0);
   for (auto _ : state) {
     K().embedding(wte.data(), Packed{}, wpe.data(), kEmbd, ids.data(), n, 5, out.data());
@@ -119,7 +123,8 @@ void BM_embedding(benchmark::State& state) {
 
 void BM_layer_norm(benchmark::State& state) {
   const int n = int(state.range(0)), d = kEmbd;
-  std::vector<float> x = random_vec(size_t(n) * d, 4, 3.0f), g = random_vec(d, 5), b = random_vec(d, 6);
+  std::vector<float> x = random_vec(size_t(n) * d, 4, 3.0f), g = random_vec(d, 5),
+                     b = random_vec(d, 6);
   for (float& v : x) v += 1.5f;
   std::vector<float> out(x.size());
   K().layer_norm(x.data(), n, d, {g.data(), b.data()}, out.data());
@@ -131,7 +136,8 @@ void BM_layer_norm(benchmark::State& state) {
     mean /= d;
     for (int i = 0; i < d; ++i) var += (xr[i] - mean) * (xr[i] - mean);
     var /= d;
-    for (int i = 0; i < d; ++i) want[size_t(r) * d + i] = g[i] * (xr[i] - mean) / std::sqrt(var + 1e-5) + b[i];
+    for (int i = 0; i < d; ++i)
+      want[size_t(r) * d + i] = g[i] * (xr[i] - mean) / std::sqrt(var + 1e-5) + b[i];
   }
   check("layer_norm", out.data(), want, 1e-5, 1e-5);
   for (auto _ : state) {
@@ -213,7 +219,8 @@ void BM_linear(benchmark::State& state) {
   for (int r = 0; r < n; ++r)
     for (int j = 0; j < d_out; ++j) {
       double acc = set.b[0][j];
-      for (int i = 0; i < d_in; ++i) acc += double(x[size_t(r) * d_in + i]) * set.w[0][size_t(i) * d_out + j];
+      for (int i = 0; i < d_in; ++i)
+        acc += double(x[size_t(r) * d_in + i]) * set.w[0][size_t(i) * d_out + j];
       want[size_t(r) * d_out + j] = acc;
     }
   check("linear", out.data(), want);
@@ -221,7 +228,8 @@ void BM_linear(benchmark::State& state) {
   if (n > 1) {
     std::vector<float> one(d_out);
     for (int r : {0, n / 2, n - 1}) {
-      K().linear(x.data() + size_t(r) * d_in, 1, {set.w[0].data(), set.b[0].data(), d_in, d_out}, one.data());
+      K().linear(x.data() + size_t(r) * d_in, 1, {set.w[0].data(), set.b[0].data(), d_in, d_out},
+                 one.data());
       for (int j = 0; j < d_out; ++j)
         if (one[j] != out[size_t(r) * d_out + j])
           fail("linear: row " + std::to_string(r) + " of " + std::to_string(n) +
@@ -293,7 +301,8 @@ struct PackedMatrix {
   std::vector<int8_t> q;
   std::vector<float> scales;
 
-  PackedMatrix(const std::vector<float>& w, int rows, int cols, WeightFormat format, bool reduce_rows)
+  PackedMatrix(const std::vector<float>& w, int rows, int cols, WeightFormat format,
+               bool reduce_rows)
       : format(format), rows(rows), cols(cols), reduce_rows(reduce_rows) {
     if (format == WeightFormat::bf16) {
       bf16.resize(w.size());
@@ -304,7 +313,8 @@ struct PackedMatrix {
     const int nb = ((reduce_rows ? rows : cols) + kQuantBlock - 1) / kQuantBlock;
     scales.assign(reduce_rows ? size_t(nb) * cols : size_t(rows) * nb, 0.0f);
     auto scale_at = [&](int i, int j) -> float& {
-      return reduce_rows ? scales[size_t(i / kQuantBlock) * cols + j] : scales[size_t(i) * nb + j / kQuantBlock];
+      return reduce_rows ? scales[size_t(i / kQuantBlock) * cols + j]
+                         : scales[size_t(i) * nb + j / kQuantBlock];
     };
     for (int i = 0; i < rows; ++i)
       for (int j = 0; j < cols; ++j) {
@@ -326,11 +336,13 @@ struct PackedMatrix {
     const size_t k = size_t(i) * cols + j;
     if (format == WeightFormat::bf16) return from_bf16(bf16[k]);
     const int nb = (cols + kQuantBlock - 1) / kQuantBlock;
-    const float s = reduce_rows ? scales[size_t(i / kQuantBlock) * cols + j] : scales[size_t(i) * nb + j / kQuantBlock];
+    const float s = reduce_rows ? scales[size_t(i / kQuantBlock) * cols + j]
+                                : scales[size_t(i) * nb + j / kQuantBlock];
     return double(q[k]) * s;
   }
   double bytes() const {
-    return format == WeightFormat::bf16 ? 2.0 * bf16.size() : double(q.size()) + 4.0 * scales.size();
+    return format == WeightFormat::bf16 ? 2.0 * bf16.size()
+                                        : double(q.size()) + 4.0 * scales.size();
   }
 };
 
@@ -341,12 +353,13 @@ struct PackedLinearSet {
   WeightFormat format;
   std::vector<std::unique_ptr<PackedMatrix>> w;
   std::vector<std::vector<float>> b;
-  PackedLinearSet(int d_in, int d_out, WeightFormat format) : d_in(d_in), d_out(d_out), format(format) {
+  PackedLinearSet(int d_in, int d_out, WeightFormat format)
+      : d_in(d_in), d_out(d_out), format(format) {
     const size_t bytes = size_t(d_in) * d_out * (format == WeightFormat::bf16 ? 2 : 1);
     const int copies = int(std::max<size_t>(1, (kRotateBytes + bytes - 1) / bytes));
     for (int c = 0; c < copies; ++c) {
-      w.push_back(std::make_unique<PackedMatrix>(random_vec(size_t(d_in) * d_out, 100 + c, 0.05f), d_in,
-                                                 d_out, format, true));
+      w.push_back(std::make_unique<PackedMatrix>(random_vec(size_t(d_in) * d_out, 100 + c, 0.05f),
+                                                 d_in, d_out, format, true));
       b.push_back(random_vec(d_out, 200 + c, 0.05f));
     }
   }
@@ -402,7 +415,8 @@ void BM_linear_packed(benchmark::State& state) {
     if (++c == set.w.size()) c = 0;
   }
   set_counters(state, m.bytes(), 2.0 * n * d_in * d_out);
-  state.SetLabel(std::string(format_name(format)) + ", " + std::to_string(set.w.size()) + " weight copies");
+  state.SetLabel(std::string(format_name(format)) + ", " + std::to_string(set.w.size()) +
+                 " weight copies");
 }
 
 void BM_unembed_packed(benchmark::State& state) {
@@ -410,7 +424,9 @@ void BM_unembed_packed(benchmark::State& state) {
   const int n = int(state.range(1)), d = kEmbd;
   static std::unique_ptr<PackedMatrix> packed[2];
   auto& wte = packed[format == WeightFormat::bf16 ? 0 : 1];
-  if (!wte) wte = std::make_unique<PackedMatrix>(random_vec(size_t(kVocab) * d, 10, 0.1f), kVocab, d, format, false);
+  if (!wte)
+    wte = std::make_unique<PackedMatrix>(random_vec(size_t(kVocab) * d, 10, 0.1f), kVocab, d,
+                                         format, false);
   const std::vector<float> x = random_vec(size_t(n) * d, 11);
   std::vector<float> out(size_t(n) * kVocab);
   K().unembed(x.data(), n, nullptr, wte->packed(), kVocab, d, out.data());
@@ -464,7 +480,8 @@ std::vector<double> attention_ref(const std::vector<float>& qkv, int n, int pos0
       for (double& v : s) sum += v = std::exp(v - m);
       for (int j = 0; j < hd; ++j) {
         double acc = 0;
-        for (int t = 0; t < n_keys; ++t) acc += s[t] / sum * values[(size_t(h) * capacity + t) * hd + j];
+        for (int t = 0; t < n_keys; ++t)
+          acc += s[t] / sum * values[(size_t(h) * capacity + t) * hd + j];
         out[size_t(i) * kEmbd + h * hd + j] = acc;
       }
     }
@@ -479,12 +496,16 @@ void BM_attention(benchmark::State& state) {
   std::vector<float> keys = random_vec(size_t(kHead) * capacity * hd, 13, 2.0f);
   std::vector<float> values = random_vec(keys.size(), 14);
   std::vector<float> scores(size_t(kHead) * capacity), out(size_t(n) * kEmbd);
-  K().attention(qkv.data(), n, kEmbd, kHead, pos0, keys.data(), values.data(), capacity,
-                scores.data(), out.data());
+  // The new rows' keys and values go into the cache first (timed too, as in the forward pass).
+  auto attention = [&] {
+    K().kv_cache_append(qkv.data(), n, kEmbd, kHead, pos0, keys.data(), values.data(), capacity);
+    K().causal_attention(qkv.data(), n, kEmbd, kHead, pos0, keys.data(), values.data(), capacity,
+                         scores.data(), out.data());
+  };
+  attention();
   check("attention", out.data(), attention_ref(qkv, n, pos0, keys, values, capacity));
   for (auto _ : state) {
-    K().attention(qkv.data(), n, kEmbd, kHead, pos0, keys.data(), values.data(), capacity,
-                  scores.data(), out.data());
+    attention();
     benchmark::DoNotOptimize(out.data());
   }
   // Keys and values read, and q·k and p·v multiply-adds (causal: Σ over rows of their keys).
@@ -606,12 +627,30 @@ BENCHMARK(BM_gelu)->Arg(3072)->Arg(128 * 3072)->UseRealTime();
 BENCHMARK(BM_softmax)->Arg(128)->Arg(1024)->UseRealTime();
 BENCHMARK(BM_linear)->Apply(linear_args)->ArgNames({"n", "in", "out"})->UseRealTime();
 BENCHMARK(BM_unembed)->Arg(1)->Arg(8)->ArgName("n")->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_linear_packed)->Apply(packed_linear_args)->ArgNames({"fmt", "n", "in", "out"})->UseRealTime();
-BENCHMARK(BM_unembed_packed)->Args({0, 1})->Args({1, 1})->Args({0, 8})->Args({1, 8})->ArgNames({"fmt", "n"})
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_attention)->Args({128, 1})->Args({1024, 1})->Args({128, 128})->Args({1024, 1024})
-    ->ArgNames({"ctx", "n"})->UseRealTime();
-BENCHMARK(BM_forward_decode)->Arg(128)->ArgName("ctx")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_linear_packed)
+    ->Apply(packed_linear_args)
+    ->ArgNames({"fmt", "n", "in", "out"})
+    ->UseRealTime();
+BENCHMARK(BM_unembed_packed)
+    ->Args({0, 1})
+    ->Args({1, 1})
+    ->Args({0, 8})
+    ->Args({1, 8})
+    ->ArgNames({"fmt", "n"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_attention)
+    ->Args({128, 1})
+    ->Args({1024, 1})
+    ->Args({128, 128})
+    ->Args({1024, 1024})
+    ->ArgNames({"ctx", "n"})
+    ->UseRealTime();
+BENCHMARK(BM_forward_decode)
+    ->Arg(128)
+    ->ArgName("ctx")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_forward_prefill)->Arg(128)->ArgName("n")->Unit(benchmark::kMillisecond)->UseRealTime();
 
 int main(int argc, char** argv) {

@@ -26,15 +26,18 @@ std::vector<int32_t> token_ids(py::handle obj, int n_vocab, const std::string& w
   if (arr.ndim() != 1)
     throw py::value_error(what + " must be 1-D, got shape " +
                           shape_str({arr.shape(), arr.shape() + arr.ndim()}));
-  // A fresh contiguous, aligned copy (ids are few): any stride, byte order or alignment reads right.
+  // A fresh contiguous, aligned copy (ids are few): any stride, byte order or alignment reads
+  // right.
   py::module_ np = py::module_::import("numpy");
   if (kind == 'u') {  // compare unsigned: uint64 ids above 2^63 would wrap in int64
     auto u = py::array_t<uint64_t>(np.attr("array")(arr, "uint64"));
     for (py::ssize_t i = 0; i < u.size(); ++i)
       if (u.data()[i] >= uint64_t(n_vocab))
-        throw py::value_error(what + "[" + std::to_string(i) + "] = " +
-                              std::to_string(u.data()[i]) + " is not a token id: the vocabulary "
-                              "has ids 0.." + std::to_string(n_vocab - 1));
+        throw py::value_error(what + "[" + std::to_string(i) +
+                              "] = " + std::to_string(u.data()[i]) +
+                              " is not a token id: the vocabulary "
+                              "has ids 0.." +
+                              std::to_string(n_vocab - 1));
   }
   auto ids = py::array_t<int64_t>(np.attr("array")(arr, "int64"));
   std::vector<int32_t> out;
@@ -42,8 +45,8 @@ std::vector<int32_t> token_ids(py::handle obj, int n_vocab, const std::string& w
   for (py::ssize_t i = 0; i < ids.size(); ++i) {
     const int64_t id = ids.data()[i];
     if (id < 0 || id >= n_vocab)
-      throw py::value_error(what + "[" + std::to_string(i) + "] = " +
-                            std::to_string(id) + " is not a token id: the vocabulary has ids 0.." +
+      throw py::value_error(what + "[" + std::to_string(i) + "] = " + std::to_string(id) +
+                            " is not a token id: the vocabulary has ids 0.." +
                             std::to_string(n_vocab - 1));
     out.push_back(static_cast<int32_t>(id));
   }

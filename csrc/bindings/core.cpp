@@ -103,6 +103,12 @@ class SchedulerHandle {
     });
   }
   ~SchedulerHandle() {
+    const bool forked_copy =
+        std::visit([](const auto& s) { return s && !s->owned_by_this_process(); }, scheduler_);
+    if (forked_copy) {  // see Scheduler::owned_by_this_process
+      std::visit([](auto& s) { s.release(); }, scheduler_);
+      return;
+    }
     py::gil_scoped_release release;
     scheduler_ = {};
   }
@@ -111,8 +117,8 @@ class SchedulerHandle {
   // gives each prompt its own seed). A batch too big for memory is refused before its prompts
   // are converted.
   std::vector<RequestHandle> submit(const py::list& prompts, std::vector<GenerationOptions> options,
-                                    const std::vector<uint64_t>& seeds, bool bounded,
-                                    bool together, const std::string& what) {
+                                    const std::vector<uint64_t>& seeds, bool bounded, bool together,
+                                    const std::string& what) {
     if (!seeds.empty()) {
       if (options.size() != 1 || seeds.size() != prompts.size())
         throw py::value_error("seeds needs one set of options and one seed per prompt");
@@ -123,13 +129,15 @@ class SchedulerHandle {
     return std::visit(
         [&](auto& s) {
           std::vector<size_t> lengths;
-          for (py::handle p : prompts) lengths.push_back(py::hasattr(p, "__len__") ? py::len(p) : 0);
+          for (py::handle p : prompts)
+            lengths.push_back(py::hasattr(p, "__len__") ? py::len(p) : 0);
           s->check_memory(lengths, options, together);
           const int n_vocab = s->n_vocab();
           std::vector<std::vector<int32_t>> ids;
           for (size_t i = 0; i < prompts.size(); ++i)
-            ids.push_back(token_ids(prompts[i], n_vocab,
-                                    prompts.size() > 1 ? what + "[" + std::to_string(i) + "]" : what));
+            ids.push_back(
+                token_ids(prompts[i], n_vocab,
+                          prompts.size() > 1 ? what + "[" + std::to_string(i) + "]" : what));
           std::vector<std::shared_ptr<Request>> requests;
           {
             py::gil_scoped_release release;
@@ -174,13 +182,16 @@ void bind_options(py::module_& m) {
           "min_p", [](const GenerationOptions& o) { return o.sampling.min_p; },
           [](GenerationOptions& o, double v) { o.sampling.min_p = v; })
       .def_property(
-          "repetition_penalty", [](const GenerationOptions& o) { return o.sampling.repetition_penalty; },
+          "repetition_penalty",
+          [](const GenerationOptions& o) { return o.sampling.repetition_penalty; },
           [](GenerationOptions& o, double v) { o.sampling.repetition_penalty = v; })
       .def_property(
-          "presence_penalty", [](const GenerationOptions& o) { return o.sampling.presence_penalty; },
+          "presence_penalty",
+          [](const GenerationOptions& o) { return o.sampling.presence_penalty; },
           [](GenerationOptions& o, double v) { o.sampling.presence_penalty = v; })
       .def_property(
-          "frequency_penalty", [](const GenerationOptions& o) { return o.sampling.frequency_penalty; },
+          "frequency_penalty",
+          [](const GenerationOptions& o) { return o.sampling.frequency_penalty; },
           [](GenerationOptions& o, double v) { o.sampling.frequency_penalty = v; })
       .def_property(
           "logit_bias", [](const GenerationOptions& o) { return o.sampling.logit_bias; },
@@ -211,9 +222,7 @@ PYBIND11_MODULE(_core, m) {
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
-    } catch (const QueueFull& e) {
-      py::set_error(queue_full, e.what());
-    }
+    } catch (const QueueFull& e) { py::set_error(queue_full, e.what()); }
   });
 
   bind_options(m);
@@ -221,16 +230,25 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Model>(m, "Model",
                     "GPT-2 over the caller's parameter arrays (picoGPT layout), read in place.")
       .def(py::init<py::object, py::object>(), py::arg("params"), py::arg("n_head"))
-      .def("forward", &model_forward, py::arg("inputs"), "Logits [len(inputs), n_vocab] of every position.")
-      .def("score", &model_score, py::arg("inputs"), "log p(inputs[i + 1] | inputs[:i + 1]) for every i.")
+      .def("forward", &model_forward, py::arg("inputs"),
+           "Logits [len(inputs), n_vocab] of every position.")
+      .def("score", &model_score, py::arg("inputs"),
+           "log p(inputs[i + 1] | inputs[:i + 1]) for every i.")
       .def("addresses", &Model::addresses,
            "The address of every parameter array the engine reads, by key path.")
       .def_property_readonly("dtype", &Model::dtype)
-      .def_property_readonly("n_vocab", [](const Model& m) { return m.visit([](const auto& w) { return w.n_vocab; }); })
-      .def_property_readonly("n_ctx", [](const Model& m) { return m.visit([](const auto& w) { return w.n_ctx; }); })
-      .def_property_readonly("n_embd", [](const Model& m) { return m.visit([](const auto& w) { return w.n_embd; }); })
-      .def_property_readonly("n_head", [](const Model& m) { return m.visit([](const auto& w) { return w.n_head; }); })
-      .def_property_readonly("n_layer", [](const Model& m) { return m.visit([](const auto& w) { return w.n_layer(); }); });
+      .def_property_readonly(
+          "n_vocab",
+          [](const Model& m) { return m.visit([](const auto& w) { return w.n_vocab; }); })
+      .def_property_readonly(
+          "n_ctx", [](const Model& m) { return m.visit([](const auto& w) { return w.n_ctx; }); })
+      .def_property_readonly(
+          "n_embd", [](const Model& m) { return m.visit([](const auto& w) { return w.n_embd; }); })
+      .def_property_readonly(
+          "n_head", [](const Model& m) { return m.visit([](const auto& w) { return w.n_head; }); })
+      .def_property_readonly("n_layer", [](const Model& m) {
+        return m.visit([](const auto& w) { return w.n_layer(); });
+      });
 
   py::class_<RequestHandle>(m, "Request", "One sequence's generation, produced by a Scheduler.")
       .def("take", &RequestHandle::take,
@@ -239,10 +257,13 @@ PYBIND11_MODULE(_core, m) {
       .def("wait", &RequestHandle::wait, py::arg("timeout"),
            "Waits (without the GIL) until take() has something new; False on timeout.")
       .def("cancel", [](RequestHandle& r) { r.request->stop(FinishReason::cancelled); })
-      .def("stop", [](RequestHandle& r) { r.request->stop(FinishReason::stopped); },
-           "Ends the generation as stopped (a stop string matched).")
-      .def_property_readonly("finished", [](const RequestHandle& r) { return r.request->finished(); })
-      .def("prompt_logprobs", [](const RequestHandle& r) { return scored_list(r.request->prompt_logprobs()); });
+      .def(
+          "stop", [](RequestHandle& r) { r.request->stop(FinishReason::stopped); },
+          "Ends the generation as stopped (a stop string matched).")
+      .def_property_readonly("finished",
+                             [](const RequestHandle& r) { return r.request->finished(); })
+      .def("prompt_logprobs",
+           [](const RequestHandle& r) { return scored_list(r.request->prompt_logprobs()); });
 
   py::class_<SchedulerHandle>(m, "Scheduler",
                               "Continuous batching: a thread that owns the model's decode loop.")
@@ -256,13 +277,28 @@ PYBIND11_MODULE(_core, m) {
            py::arg("model"), py::arg("max_batch") = 16, py::arg("max_queue") = 256,
            py::arg("step_tokens") = 256, py::arg("kv_bytes") = 0)
       .def("submit", &SchedulerHandle::submit, py::arg("prompts"), py::arg("options"),
-           py::arg("seeds") = std::vector<uint64_t>{}, py::arg("bounded") = false, py::arg("together") = false, py::arg("what") = "prompt")
+           py::arg("seeds") = std::vector<uint64_t>{}, py::arg("bounded") = false,
+           py::arg("together") = false, py::arg("what") = "prompt")
       .def("shutdown", &SchedulerHandle::shutdown)
-      .def_property_readonly("running", [](const SchedulerHandle& s) { return s.with([](const auto& x) { return x.running(); }); })
-      .def_property_readonly("waiting", [](const SchedulerHandle& s) { return s.with([](const auto& x) { return x.waiting(); }); })
-      .def_property_readonly("max_batch", [](const SchedulerHandle& s) { return s.with([](const auto& x) { return x.limits().max_batch; }); })
-      .def_property_readonly("max_queue", [](const SchedulerHandle& s) { return s.with([](const auto& x) { return x.limits().max_queue; }); })
-      .def_property_readonly("notify_fd", [](const SchedulerHandle& s) { return s.with([](const auto& x) { return x.notify_fd(); }); });
+      .def_property_readonly("running",
+                             [](const SchedulerHandle& s) {
+                               return s.with([](const auto& x) { return x.running(); });
+                             })
+      .def_property_readonly("waiting",
+                             [](const SchedulerHandle& s) {
+                               return s.with([](const auto& x) { return x.waiting(); });
+                             })
+      .def_property_readonly("max_batch",
+                             [](const SchedulerHandle& s) {
+                               return s.with([](const auto& x) { return x.limits().max_batch; });
+                             })
+      .def_property_readonly("max_queue",
+                             [](const SchedulerHandle& s) {
+                               return s.with([](const auto& x) { return x.limits().max_queue; });
+                             })
+      .def_property_readonly("notify_fd", [](const SchedulerHandle& s) {
+        return s.with([](const auto& x) { return x.notify_fd(); });
+      });
 
   m.def(
       "check_scheduler_limits",
@@ -272,15 +308,14 @@ PYBIND11_MODULE(_core, m) {
       py::arg("max_batch"), py::arg("max_queue"), py::arg("step_tokens"), py::arg("kv_bytes"));
   m.def("live_sequences", &live_sequences,
         "Sequences whose state (KV cache, sampler) is currently allocated, in every scheduler.");
-  m.def("backend", []() { return std::string(backend().name); },
-        "The instruction set whose kernels are in use.");
+  m.def(
+      "backend", []() { return std::string(backend().name); },
+      "The instruction set whose kernels are in use.");
   m.def("supported_backends", &supported_backends);
   m.def("set_backend", [](const std::string& name) {
     try {
       set_backend(name);
-    } catch (const std::invalid_argument& e) {
-      throw py::value_error(e.what());
-    }
+    } catch (const std::invalid_argument& e) { throw py::value_error(e.what()); }
   });
   m.def("num_threads", &num_threads);
   m.def(

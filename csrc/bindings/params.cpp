@@ -23,7 +23,8 @@ class ParamReader {
     const std::string child_path = path.empty() ? key : path + "." + key;
     if (!is_mapping(node))
       throw py::type_error("params" + (path.empty() ? "" : " entry '" + path + "'") +
-                           " must be a dict, got " + std::string(py::str(node.get_type())));
+                           " must be a dict, got " +
+                           std::string(py::str(py::type::handle_of(node))));
     if (!node.contains(key)) throw py::value_error("params is missing '" + child_path + "'");
     return node[key];
   }
@@ -36,15 +37,15 @@ class ParamReader {
     py::object obj = child(node, key, path);
     if (!py::isinstance<py::array>(obj))
       throw py::type_error("params '" + name + "' must be a NumPy array, got " +
-                           std::string(py::str(obj.get_type())));
+                           std::string(py::str(py::type::handle_of(obj))));
     py::array arr = py::reinterpret_borrow<py::array>(obj);
     if (!py::isinstance<py::array_t<U>>(arr))
       throw py::type_error("params '" + name + "' has dtype " + std::string(py::str(arr.dtype())) +
                            " but " + dtype_rule);
     std::vector<py::ssize_t> actual(arr.shape(), arr.shape() + arr.ndim());
     if (actual != shape)
-      throw py::value_error("params '" + name + "' has shape " + shape_str(actual) +
-                            ", expected " + shape_str(shape));
+      throw py::value_error("params '" + name + "' has shape " + shape_str(actual) + ", expected " +
+                            shape_str(shape));
     constexpr int kAligned = 0x0100;  // NPY_ARRAY_ALIGNED
     if (!(arr.flags() & py::array::c_style) || !(arr.flags() & kAligned))
       throw py::type_error("params '" + name +
@@ -77,10 +78,14 @@ class ParamReader {
     const std::string format = py::str(child(m, "format", p));
     const std::string rule = "'" + p + "' is packed as " + format;
     if (format == "bf16") {
-      packed = {WeightFormat::bf16, typed_array<uint16_t>(m, "data", p, {rows, cols}, rule + ", whose data is uint16"), nullptr};
+      packed = {WeightFormat::bf16,
+                typed_array<uint16_t>(m, "data", p, {rows, cols}, rule + ", whose data is uint16"),
+                nullptr};
     } else if (format == "int8") {
-      packed = {WeightFormat::int8, typed_array<int8_t>(m, "data", p, {rows, cols}, rule + ", whose data is int8"),
-                typed_array<float>(m, "scales", p, scales_shape, rule + ", whose scales are float32")};
+      packed = {
+          WeightFormat::int8,
+          typed_array<int8_t>(m, "data", p, {rows, cols}, rule + ", whose data is int8"),
+          typed_array<float>(m, "scales", p, scales_shape, rule + ", whose scales are float32")};
     } else {
       throw py::value_error("params '" + p + ".format' is '" + format +
                             "'; packed formats are 'bf16' and 'int8'");
@@ -123,7 +128,7 @@ Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
   for (auto [name, obj] : {std::pair{"wte", wte_shape}, std::pair{"wpe", wpe_shape}})
     if (!py::isinstance<py::array>(obj))
       throw py::type_error(std::string("params '") + name + "' must be a NumPy array, got " +
-                           std::string(py::str(obj.get_type())));
+                           std::string(py::str(py::type::handle_of(obj))));
   py::array wte = wte_shape, wpe = wpe_shape;
   if (wte.ndim() != 2)
     throw py::value_error("params 'wte' must be 2-D [n_vocab, n_embd], got " +
@@ -155,9 +160,9 @@ Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
     py::handle node = block_list[i];
     if (d_ff == 0) {
       // The feed-forward width, from the bias (never packed).
-      py::object fc_b = reader.child(reader.child(reader.child(node, "mlp", path), "c_fc",
-                                                  path + ".mlp"),
-                                     "b", path + ".mlp.c_fc");
+      py::object fc_b =
+          reader.child(reader.child(reader.child(node, "mlp", path), "c_fc", path + ".mlp"), "b",
+                       path + ".mlp.c_fc");
       if (py::isinstance<py::array>(fc_b) && py::array(fc_b).ndim() == 1)
         d_ff = checked_dim(py::array(fc_b).shape(0), "the feed-forward width (c_fc.b.shape[0])");
       else
@@ -197,8 +202,7 @@ Model::Model(py::object params, py::object n_head_obj) {
   else if (py::isinstance<py::array_t<double>>(wte))
     init<double>(params, static_cast<int>(n_head));
   else if (py::isinstance<py::array>(wte))
-    throw py::type_error("params 'wte' has dtype " +
-                         std::string(py::str(py::array(wte).dtype())) +
+    throw py::type_error("params 'wte' has dtype " + std::string(py::str(py::array(wte).dtype())) +
                          "; gpt2gen reads float32 or float64 parameters in place, convert "
                          "them once (e.g. arr.astype(np.float32))");
   else

@@ -11,8 +11,8 @@
 #include "backend.hpp"
 #include "common.hpp"
 #include "forward_pass.hpp"
-#include "params.hpp"
 #include "generation.hpp"
+#include "params.hpp"
 #include "sampling.hpp"
 
 namespace gpt2gen::bindings {
@@ -20,8 +20,8 @@ namespace gpt2gen::bindings {
 namespace {
 
 // The distribution sampling draws from after every processor, for tests against transformers.
-py::array processed_probabilities(py::handle logits_obj, py::handle prompt_obj, py::handle output_obj,
-                                  const GenerationOptions& options) {
+py::array processed_probabilities(py::handle logits_obj, py::handle prompt_obj,
+                                  py::handle output_obj, const GenerationOptions& options) {
   return dispatch_array(logits_obj, [&](auto t) -> py::array {
     using T = decltype(t);
     if (py::reinterpret_borrow<py::array>(logits_obj).ndim() != 1)
@@ -97,7 +97,8 @@ void bind_kernels(py::module_& m) {
       auto x = as_array<T>(x_obj, "x", 2), w = as_array<T>(w_obj, "w", 2),
            b = as_array<T>(b_obj, "b", 1);
       const int n = x.shape(0), d_in = x.shape(1), d_out = w.shape(1);
-      require(w.shape(0) == d_in && b.shape(0) == d_out, "shapes must be x[n, in], w[in, out], b[out]");
+      require(w.shape(0) == d_in && b.shape(0) == d_out,
+              "shapes must be x[n, in], w[in, out], b[out]");
       py::array_t<T> out({n, d_out});
       T* o = out.mutable_data();
       py::gil_scoped_release release;
@@ -127,8 +128,8 @@ void bind_kernels(py::module_& m) {
       const std::vector<int32_t> ids = token_ids(ids_obj, wte.shape(0), "ids");
       require(pos0 >= 0 && pos0 + ids.size() <= size_t(wpe.shape(0)), "positions exceed wpe");
       py::array_t<T> out({py::ssize_t(ids.size()), py::ssize_t(d)});
-      backend().kernels<T>().embedding(wte.data(), Packed{}, wpe.data(), d, ids.data(), ids.size(), pos0,
-                                       out.mutable_data());
+      backend().kernels<T>().embedding(wte.data(), Packed{}, wpe.data(), d, ids.data(), ids.size(),
+                                       pos0, out.mutable_data());
       return out;
     });
   });
@@ -143,8 +144,10 @@ void bind_kernels(py::module_& m) {
       T* o = out.mutable_data();
       py::gil_scoped_release release;
       std::vector<T> keys(size_t(n) * d), values(keys.size()), scores(size_t(n_head) * n);
-      backend().kernels<T>().attention(qkv.data(), n, d, n_head, 0, keys.data(), values.data(), n,
-                                       scores.data(), o);
+      const Kernels<T>& k = backend().kernels<T>();
+      k.kv_cache_append(qkv.data(), n, d, n_head, 0, keys.data(), values.data(), n);
+      k.causal_attention(qkv.data(), n, d, n_head, 0, keys.data(), values.data(), n, scores.data(),
+                         o);
       return out;
     });
   });
@@ -152,7 +155,8 @@ void bind_kernels(py::module_& m) {
 
 // Greedy decoding through forward_pass with a KV cache, as the scheduler runs it: the logits
 // [n_steps, n_vocab] each token was chosen from (the prompt's in chunks of chunk_rows).
-py::array cached_decode_logits(const Model& model, py::handle prompt_obj, int n_steps, int chunk_rows) {
+py::array cached_decode_logits(const Model& model, py::handle prompt_obj, int n_steps,
+                               int chunk_rows) {
   return model.visit([&](const auto& w) -> py::array {
     using T = typename std::decay_t<decltype(w)>::value_type;
     std::vector<int32_t> tokens = token_ids(prompt_obj, w.n_vocab, "prompt");

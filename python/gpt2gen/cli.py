@@ -20,6 +20,7 @@ examples:
   gpt2gen --model ./my-gpt2 "Once upon a time" -n 100 --temperature 0.8 --top-p 0.95 --seed 1
   gpt2gen --model gpt2 --score "The quick brown fox"     per-token log-probabilities
   echo "Once upon a time" | gpt2gen --model gpt2        the prompt from standard input
+  gpt2gen serve --model gpt2                            an OpenAI-compatible HTTP server (serve --help)
 
 --model takes a Hugging Face model name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, or picoGPT's
 124M, 355M, 774M, 1558M; downloaded once) or a local directory holding config.json,
@@ -251,6 +252,19 @@ def report_errors(command: Callable[[], object]) -> int:
         print(f"gpt2gen: error: {error_message(error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def serve(argv: list) -> int:
+    """``gpt2gen serve ...``: the HTTP server's own command line (gpt2gen.server.cli)."""
+    try:
+        from .server.cli import main as serve_main
+    except ImportError as error:  # the serve extra is not installed; the message says so
+        print(f"gpt2gen: error: {error}", file=sys.stderr)
+        return 1
+    return serve_main(argv)
+
+
+SUBCOMMANDS["serve"] = serve
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,442 @@
+// y = x·w + b for weights of any format (float32 with vectors where the instruction set has them,
+// simd.hpp; otherwise the portable loops, portable.hpp).
+//
+// The vector kernels convert the weights to float32 in registers as they stream in (simd.hpp's
+// widening loads); activations and every accumulation stay float32 (no vdpbf16ps / VNNI: they
+// would round the activations). Order of every output element (one instruction set; the same for
+// every row count, tiling and thread count):
+//   unscaled formats (float32, bf16): the rows of w in segments of kSegmentRows; per segment s:
+//                   p_s = 0; p_s = fma(x[k], w[k, j], p_s) for k in the segment in order;
+//                 out = ((p_0 + p_1) + …) + b[j].
+//   scaled formats (int8): acc = 0; per block of the format's kBlock rows of w in order:
+//                   s = 0; s = fma(x[k], q[k, j], s) for k in the block in order;
+//                   acc = fma(scale[block, j], s, acc);
+//                 out = acc + b[j].
+// The segments let threads split a decode step over contiguous rows of w (each thread streams one
+// contiguous stretch of memory: a float32 decode step took 22% less time than with column bands)
+// without making the sum depend on the thread count.
+#include <algorithm>
+#include <array>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kernels.hpp"
+#include "openmp.hpp"
+#include "portable.hpp"
+#include "simd.hpp"
+#include "weight_format.hpp"
+
+namespace gpt2gen {
+namespace GPT2GEN_ISA_NS {
+
+namespace {
+
+// Calls run(std::integral_constant<int, P>(), v) over the column vectors [v0, v1): panels of
+// kWidest vectors, then one each of 16, 8, 4, 2, 1 for the rest, so that every panel width is a
+// compile-time constant (its accumulators stay in registers).
+template <int kWidest, typename Run>
+void for_each_panel(int v0, int v1, Run&& run) {
+  int v = v0;
+  for (; v1 - v >= kWidest; v += kWidest) run(std::integral_constant<int, kWidest>(), v);
+  if constexpr (kWidest > 16)
+    if (v1 - v >= 16) {
+      run(std::integral_constant<int, 16>(), v);
+      v += 16;
+    }
+  if (v1 - v >= 8) {
+    run(std::integral_constant<int, 8>(), v);
+    v += 8;
+  }
+  if (v1 - v >= 4) {
+    run(std::integral_constant<int, 4>(), v);
+    v += 4;
+  }
+  if (v1 - v >= 2) {
+    run(std::integral_constant<int, 2>(), v);
+    v += 2;
+  }
+  if (v1 - v >= 1) run(std::integral_constant<int, 1>(), v);
+}
+
+template <typename F32>  // simd::Vec<float>
+struct VectorLinear {
+  using V = typename F32::V;
+  using Mask = typename F32::Mask;
+  static constexpr int W = F32::W;
+
+  static constexpr int kSegmentRows = 128;
+
+  // --- unscaled formats, n ≤ kStreamMaxRows: row streaming --------------------------------------
+  // Columns [v0, v1) of kStreamRows rows of w at a time (sequential streams for the prefetchers).
+  // Each vector of w is loaded (and widened) once and used for the R rows of x; the segment's
+  // partial sums live in `part` (L1/L2), each continued by the rows' FMAs in k order, starting
+  // from zero at the segment's first row (`first`).
+  static constexpr int kStreamMaxRows = 8;
+  static constexpr int kStreamRows = 8;
+
+  // kRows rows of w from k0. Software prefetch of the next group of rows, for R > 1 only: at
+  // R = 1 the hardware prefetchers keep up with each thread's contiguous stream (float32 decode
+  // step 11% slower with the prefetch instructions, bf16 no different); with R FMAs per weight
+  // they fall behind (n = 8: 1.3× faster).
+  template <int R, int kRows, typename E>
+  static void stream_rows(const float* __restrict x, int ldx, const E* __restrict w, int d_out,
+                          float* __restrict part, int v0, int v1, int k0, int last, bool first) {
+    const size_t ld = d_out;
+    w += size_t(k0) * ld;
+    x += k0;
+    auto step = [&](int v, auto masked_c) {
+      constexpr bool kMasked = decltype(masked_c)::value;
+      const Mask m = F32::mask(kMasked ? last : W);
+      V wv[kRows];
+      if constexpr (R > 1) {
+        if (v * W * sizeof(E) % 64 == 0) {  // once per cache line
+          const E* ahead = w + size_t(kStreamRows) * ld + v * W;
+          GPT2GEN_UNROLL
+          for (int i = 0; i < kRows; ++i) F32::prefetch(ahead + i * ld);
+        }
+      }
+      GPT2GEN_UNROLL
+      for (int i = 0; i < kRows; ++i)
+        wv[i] = kMasked ? F32::widen(w + i * ld + v * W, last) : F32::widen(w + i * ld + v * W);
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) {
+        float* o = part + size_t(r) * d_out + v * W;
+        const float* xr = x + size_t(r) * ldx;
+        V acc = first ? F32::zero() : kMasked ? F32::load(o, m) : F32::load(o);
+        GPT2GEN_UNROLL
+        for (int i = 0; i < kRows; ++i) acc = F32::fma(F32::set1(xr[i]), wv[i], acc);
+        if (kMasked)
+          F32::store(o, acc, m);
+        else
+          F32::store(o, acc);
+      }
+    };
+    const int vend = last < W ? v1 - 1 : v1;
+    for (int v = v0; v < vend; ++v) step(v, std::false_type());
+    if (last < W) step(v1 - 1, std::true_type());
+  }
+
+  // part[r, j] = Σ_{k in segment s} x[r, k]·w[k, j] for R rows and the column vectors [v0, v1)
+  // of w[d_in, d_out].
+  template <int R, typename E>
+  static void stream_segment_rows(const float* x, const E* w, int d_in, int d_out, int s,
+                                  float* part, int v0, int v1) {
+    if (v0 >= v1) return;
+    const int nvec = (d_out + W - 1) / W;
+    const int last = v1 == nvec ? d_out - (nvec - 1) * W : W;
+    const int k0 = s * kSegmentRows, k1 = std::min(d_in, k0 + kSegmentRows);
+    int k = k0;
+    for (; k + kStreamRows <= k1; k += kStreamRows)
+      stream_rows<R, kStreamRows>(x, d_in, w, d_out, part, v0, v1, k, last, k == k0);
+    // The rest (fewer than kStreamRows rows) in groups of 4, 2 and 1.
+    static_assert(kStreamRows == 8, "the rest of a segment must be covered by 4 + 2 + 1 rows");
+    if (k1 - k >= 4) {
+      stream_rows<R, 4>(x, d_in, w, d_out, part, v0, v1, k, last, k == k0);
+      k += 4;
+    }
+    if (k1 - k >= 2) {
+      stream_rows<R, 2>(x, d_in, w, d_out, part, v0, v1, k, last, k == k0);
+      k += 2;
+    }
+    if (k1 - k >= 1) stream_rows<R, 1>(x, d_in, w, d_out, part, v0, v1, k, last, k == k0);
+  }
+
+  // stream_segment_rows with the row count chosen at run time (1 ≤ n ≤ kStreamMaxRows).
+  template <typename E>
+  static void stream_segment(const float* x, int n, const E* w, int d_in, int d_out, int s,
+                             float* part, int v0, int v1) {
+    auto run = [&](auto rows_c) {
+      stream_segment_rows<decltype(rows_c)::value>(x, w, d_in, d_out, s, part, v0, v1);
+    };
+    switch (n) {
+      case 1: run(std::integral_constant<int, 1>()); break;
+      case 2: run(std::integral_constant<int, 2>()); break;
+      case 3: run(std::integral_constant<int, 3>()); break;
+      case 4: run(std::integral_constant<int, 4>()); break;
+      case 5: run(std::integral_constant<int, 5>()); break;
+      case 6: run(std::integral_constant<int, 6>()); break;
+      case 7: run(std::integral_constant<int, 7>()); break;
+      default: run(std::integral_constant<int, kStreamMaxRows>()); break;
+    }
+  }
+
+  // out[r, j] = ((part_0 + part_1) + …) + b[j] over the segments' partial sums, column vectors
+  // [v0, v1).
+  static void add_segments(const float* parts, int n_segments, int n, int d_out, const float* b,
+                           float* out, int v0, int v1) {
+    const int nvec = (d_out + W - 1) / W;
+    const size_t stride = size_t(n) * d_out;
+    for (int r = 0; r < n; ++r)
+      for (int v = v0; v < v1; ++v) {
+        const Mask m = F32::mask(v == nvec - 1 ? d_out - v * W : W);
+        const float* p = parts + size_t(r) * d_out + v * W;
+        V acc = F32::load(p, m);
+        for (int s = 1; s < n_segments; ++s) acc = F32::add(acc, F32::load(p + s * stride, m));
+        F32::store(out + size_t(r) * d_out + v * W, F32::add(acc, F32::load(b + v * W, m)), m);
+      }
+  }
+
+  // The segments' partial sums, [segments][n][d_out]; grown once per calling thread, so the
+  // decode loop does not allocate.
+  static float* segment_partials(size_t count) {
+    thread_local std::vector<float> buffer;
+    if (buffer.size() < count) buffer.resize(count);
+    return buffer.data();
+  }
+
+  template <typename Format>
+  static void stream(const float* x, int n, const LinearWeights<float>& lin, float* out) {
+    const int nvec = (lin.d_out + W - 1) / W;
+    const int n_segments = (lin.d_in + kSegmentRows - 1) / kSegmentRows;
+    const size_t segment_stride = size_t(n) * lin.d_out;
+    float* parts = segment_partials(n_segments * segment_stride);
+    const auto* w = stored_values<Format>(lin.w, lin.packed);
+#pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      // The work is n_segments · nvec units (a column vector of a segment), segment-major; each
+      // thread takes an equal run of them: whole segments (contiguous rows of w), cut by columns
+      // only where its run begins or ends inside a segment.
+      const int64_t units = int64_t(n_segments) * nvec;
+      const int64_t u1 = units * (t + 1) / nt;
+      for (int64_t u = units * t / nt; u < u1;) {
+        const int s = int(u / nvec), v0 = int(u % nvec);
+        const int v1 = int(std::min<int64_t>(nvec, u1 - int64_t(s) * nvec));
+        stream_segment(x, n, w, lin.d_in, lin.d_out, s, parts + s * segment_stride, v0, v1);
+        u = int64_t(s) * nvec + v1;
+      }
+#pragma omp barrier
+      add_segments(parts, n_segments, n, lin.d_out, lin.b, out, int(int64_t(nvec) * t / nt),
+                   int(int64_t(nvec) * (t + 1) / nt));
+    }
+  }
+
+  // --- register tiles: scaled formats at n ≤ kStreamMaxRows, every format above -----------------
+  static constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vectors
+  static constexpr int kTileRows = W == 16 ? 6 : 4;      // n > 1: 6 (4) rows × 4 (3) vectors
+  static constexpr int kTileVecs = W == 16 ? 4 : 3;
+  static constexpr int kPassRows = 256;  // rows of w per pass over the tiles of x's rows
+  static_assert(kPassRows % kSegmentRows == 0, "a pass must hold whole segments");
+  // Decode: prefetch distance in rows of w (~8-12 KB ahead of a 24-vector panel).
+  template <typename E>
+  static constexpr int kPrefetchRows = sizeof(E) == 4   ? 8
+                                       : sizeof(E) == 2 ? 12
+                                                        : 24;
+
+  // Prefetch every cache line of P vectors of E from row.
+  template <typename E, int P>
+  static void prefetch_row(const E* row) {
+    for (int off = 0; off < int(P * W * sizeof(E)); off += 64)
+      F32::prefetch(reinterpret_cast<const char*>(row) + off);
+  }
+
+  // acc[r][p] = fma(x[r, k], w[k, p·W + lane], acc[r][p]) for one row k of w (wk), widening each
+  // weight vector once. One row of x (decode): widen and use each vector at once (P + 2
+  // registers); several: widen the P vectors first, then one broadcast of x per row.
+  template <int R, int P, typename E>
+  static void row_step(const float* x, int ldx, int k, const E* wk, int last, V (&acc)[R][P]) {
+    if constexpr (R == 1) {
+      const V xv = F32::set1(x[k]);
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p)
+        acc[0][p] = F32::fma(xv, p == P - 1 ? F32::widen(wk + p * W, last) : F32::widen(wk + p * W),
+                             acc[0][p]);
+    } else {
+      V wv[P];
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p)
+        wv[p] = p == P - 1 ? F32::widen(wk + p * W, last) : F32::widen(wk + p * W);
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const V xv = F32::set1(x[size_t(r) * ldx + k]);
+        GPT2GEN_UNROLL
+        for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p], acc[r][p]);
+      }
+    }
+  }
+
+  // acc[r][p] = Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane], from zero, k in order.
+  template <int R, int P, bool kPrefetch, typename E>
+  static void sum_rows(const float* x, int ldx, const E* w, int ldw, int k0, int k1, int last,
+                       V (&acc)[R][P]) {
+    GPT2GEN_UNROLL
+    for (int r = 0; r < R; ++r) {
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) acc[r][p] = F32::zero();
+    }
+    for (int k = k0; k < k1; ++k) {
+      const E* wk = w + size_t(k) * ldw;
+      if constexpr (kPrefetch) prefetch_row<E, P>(wk + size_t(kPrefetchRows<E>) * ldw);
+      row_step<R, P>(x, ldx, k, wk, last, acc);
+    }
+  }
+
+  // Unscaled: out[r, p·W + lane] for R rows and P column vectors (the last holding `last`
+  // columns) over the rows [k0, k1) of w, k0 a segment boundary: each segment's sum starts at
+  // zero in registers and is added to out (or is out, for the first segment); bias, if given, is
+  // added at the end.
+  template <int R, int P, bool kPrefetch, typename E>
+  static void dense_tile(const float* x, int ldx, const E* w, int ldw, int k0, int k1,
+                         const float* bias, float* out, int ldo, int last) {
+    const Mask m = F32::mask(last);
+    auto load = [&](const float* p, int p_index) {
+      return p_index == P - 1 ? F32::load(p, m) : F32::load(p);
+    };
+    for (int s0 = k0; s0 < k1; s0 += kSegmentRows) {
+      const int s1 = std::min(k1, s0 + kSegmentRows);
+      V acc[R][P];
+      sum_rows<R, P, kPrefetch>(x, ldx, w, ldw, s0, s1, last, acc);
+      const bool add_bias = bias && s1 == k1;
+      GPT2GEN_UNROLL
+      for (int r = 0; r < R; ++r) {
+        GPT2GEN_UNROLL
+        for (int p = 0; p < P; ++p) {
+          float* o = out + size_t(r) * ldo + p * W;
+          V v = s0 == 0 ? acc[r][p] : F32::add(load(o, p), acc[r][p]);
+          if (add_bias) v = F32::add(v, load(bias + p * W, p));
+          if (p == P - 1)
+            F32::store(o, v, m);
+          else
+            F32::store(o, v);
+        }
+      }
+    }
+  }
+
+  // Scaled: the same for q with scales [blocks, ldw] (pointing at the tile's first column); k0 is
+  // a multiple of kBlock. The block sums live in registers, the running sums in out (exactly).
+  template <int R, int P, bool kPrefetch, int kBlock, typename E>
+  static void scaled_tile(const float* x, int ldx, const E* q, const float* scales, int ldw, int k0,
+                          int k1, const float* bias, float* out, int ldo, int last) {
+    static_assert(kPassRows % kBlock == 0, "a pass must hold whole scale blocks");
+    const Mask m = F32::mask(last);
+    for (int kb = k0; kb < k1; kb += kBlock) {
+      const int ke = std::min(k1, kb + kBlock);
+      V s[R][P];
+      sum_rows<R, P, kPrefetch>(x, ldx, q, ldw, kb, ke, last, s);
+      const float* sc = scales + size_t(kb / kBlock) * ldw;
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) {
+        const bool tail = p == P - 1;
+        const V scv = tail ? F32::load(sc + p * W, m) : F32::load(sc + p * W);
+        GPT2GEN_UNROLL
+        for (int r = 0; r < R; ++r) {
+          float* o = out + size_t(r) * ldo + p * W;
+          V acc = kb == 0 ? F32::zero() : (tail ? F32::load(o, m) : F32::load(o));
+          acc = F32::fma(scv, s[r][p], acc);
+          if (kb + kBlock >= k1 && bias)
+            acc = F32::add(acc, tail ? F32::load(bias + p * W, m) : F32::load(bias + p * W));
+          if (tail)
+            F32::store(o, acc, m);
+          else
+            F32::store(o, acc);
+        }
+      }
+    }
+  }
+
+  // One tile: R rows × P column vectors starting at column vector v, over the rows [k0, k1) of w.
+  template <typename Format, int R, int P, bool kPrefetch>
+  static void tile(const float* x, int ldx, const LinearWeights<float>& lin, int v, int k0, int k1,
+                   bool with_bias, float* out, int ldo, int last) {
+    const int j0 = v * W;
+    const float* bias = with_bias ? lin.b + j0 : nullptr;
+    const auto* w = stored_values<Format>(lin.w, lin.packed) + j0;
+    if constexpr (Format::kBlock > 0)
+      scaled_tile<R, P, kPrefetch, Format::kBlock>(x, ldx, w, lin.packed.scales + j0, lin.d_out, k0,
+                                                   k1, bias, out + j0, ldo, last);
+    else
+      dense_tile<R, P, kPrefetch>(x, ldx, w, lin.d_out, k0, k1, bias, out + j0, ldo, last);
+  }
+
+  // The tiles of kTileRows × kTileVecs and every smaller size, as [rows − 1][vecs − 1].
+  using TileFn = void (*)(const float*, int, const LinearWeights<float>&, int, int, int, bool,
+                          float*, int, int);
+  template <typename Format, int R, int... Ps>
+  static constexpr std::array<TileFn, sizeof...(Ps)> tiles_of_rows(
+      std::integer_sequence<int, Ps...>) {
+    return {&tile<Format, R, Ps + 1, false>...};
+  }
+  template <typename Format, int... Rs>
+  static constexpr std::array<std::array<TileFn, kTileVecs>, sizeof...(Rs)> tile_table(
+      std::integer_sequence<int, Rs...>) {
+    return {tiles_of_rows<Format, Rs + 1>(std::make_integer_sequence<int, kTileVecs>())...};
+  }
+
+  // n = 1 (scaled formats): column vectors [v0, v1) of the thread in panels as wide as the
+  // registers allow, each streaming its rows of w once with software prefetch.
+  template <typename Format>
+  static void decode_columns(const float* x, const LinearWeights<float>& lin, float* out, int v0,
+                             int v1) {
+    const int nvec = (lin.d_out + W - 1) / W;
+    const int tail = lin.d_out - (nvec - 1) * W;
+    auto run = [&](auto vecs_c, int v) {
+      constexpr int P = decltype(vecs_c)::value;
+      const int last = v + P == nvec ? tail : W;
+      tile<Format, 1, P, true>(x, lin.d_in, lin, v, 0, lin.d_in, true, out, lin.d_out, last);
+    };
+    for_each_panel<kDecodeVecs>(v0, v1, run);
+  }
+
+  // n > 1: one panel of kTileVecs column vectors, in passes of kPassRows rows of w, every
+  // kTileRows rows of x reusing the pass's (widened) rows of w from cache.
+  template <typename Format>
+  static void panel(const float* x, int n, const LinearWeights<float>& lin, float* out, int index) {
+    static constexpr auto kTiles = tile_table<Format>(std::make_integer_sequence<int, kTileRows>());
+    const int nvec = (lin.d_out + W - 1) / W;
+    const int v = index * kTileVecs;
+    const int vecs = std::min(kTileVecs, nvec - v);
+    const int last = v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W;
+    for (int k0 = 0; k0 < lin.d_in; k0 += kPassRows) {
+      const int k1 = std::min(lin.d_in, k0 + kPassRows);
+      for (int r = 0; r < n; r += kTileRows) {
+        const int rows = std::min(kTileRows, n - r);
+        kTiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, lin, v, k0, k1,
+                                   k1 == lin.d_in, out + size_t(r) * lin.d_out, lin.d_out, last);
+      }
+    }
+  }
+
+  template <typename Format>
+  static void linear(Format, const float* x, int n, const LinearWeights<float>& lin, float* out) {
+    if (n <= 0 || lin.d_out <= 0) return;
+    if (lin.d_in <= 0) {  // an empty sum: out = b
+      for (int r = 0; r < n; ++r) std::copy(lin.b, lin.b + lin.d_out, out + size_t(r) * lin.d_out);
+      return;
+    }
+    const int nvec = (lin.d_out + W - 1) / W;
+    if constexpr (Format::kBlock == 0) {
+      if (n <= kStreamMaxRows) return stream<Format>(x, n, lin, out);
+    } else if (n == 1) {  // the block sums must stay in registers: no row streaming
+#pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
+      {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        decode_columns<Format>(x, lin, out, int(int64_t(nvec) * t / nt),
+                               int(int64_t(nvec) * (t + 1) / nt));
+      }
+      return;
+    }
+    const int n_panels = (nvec + kTileVecs - 1) / kTileVecs;
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
+    for (int p = 0; p < n_panels; ++p) panel<Format>(x, n, lin, out, p);
+  }
+};
+
+}  // namespace
+
+template <typename T>
+void linear(const T* x, int n, LinearWeights<T> lin, T* out) {
+  with_weight_format<T>(lin.packed.format, [&](auto format) {
+    if constexpr (simd::kHasVec<T>)
+      VectorLinear<simd::Vec<T>>::linear(format, x, n, lin, out);
+    else
+      portable::linear(format, x, n, lin, out);
+  });
+}
+
+template void linear<float>(const float*, int, LinearWeights<float>, float*);
+template void linear<double>(const double*, int, LinearWeights<double>, double*);
+
+}  // namespace GPT2GEN_ISA_NS
+}  // namespace gpt2gen

@@ -1,0 +1,238 @@
+// The portable kernels: plain loops for any dtype and any weight format, on any machine. They are
+// what the generic instruction set runs, what float64 models run everywhere, and the twin of
+// every vector kernel (which agree with them to rounding, not bit for bit: their sums are split
+// into other partial sums). Kernels that have one implementation only (embedding, residual_add,
+// kv_cache_append) are defined with their entry points instead.
+//
+// Every output element is accumulated in one fixed order whatever the tiling, the row count or
+// the thread count, as in the vector kernels (see csrc/README.md).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "backend.hpp"  // num_threads
+#include "isa.hpp"
+#include "model.hpp"
+#include "openmp.hpp"
+#include "weight_format.hpp"
+
+namespace gpt2gen {
+namespace GPT2GEN_ISA_NS {
+namespace portable {
+
+// The widest vector register, for tile widths the compiler can vectorise (these loops are plain
+// C++: the compiler chooses the instructions).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#elif defined(__AVX2__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+
+template <typename T>
+constexpr int kLanes = kVectorBytes / sizeof(T);
+
+// Σ a[i]·widen(b[i]) in L interleaved partial sums, added up in a fixed order.
+template <int L, typename Format, typename T>
+inline T dot(const T* a, const typename Format::Storage* b, int n) {
+  T acc[L] = {};
+  int i = 0;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) acc[l] += a[i + l] * Format::widen(b[i + l]);
+  for (int l = 0; l < n - i; ++l) acc[l] += a[i + l] * Format::widen(b[i + l]);
+  T sum = 0;
+  for (int l = 0; l < L; ++l) sum += acc[l];
+  return sum;
+}
+
+// --- layer_norm, gelu, softmax ----------------------------------------------------------------
+
+template <typename T>
+inline void layer_norm_row(const T* x, int d, LayerNormWeights<T> ln, T* out) {
+  constexpr T eps = T(1e-5);
+  T mean = 0;
+  for (int i = 0; i < d; ++i) mean += x[i];
+  mean /= d;
+  T variance = 0;
+  for (int i = 0; i < d; ++i) variance += (x[i] - mean) * (x[i] - mean);
+  variance /= d;
+  const T inv_std = T(1) / std::sqrt(variance + eps);
+  for (int i = 0; i < d; ++i) out[i] = ln.g[i] * ((x[i] - mean) * inv_std) + ln.b[i];
+}
+
+template <typename T>
+inline void gelu(T* x, int64_t n) {
+  const T c = T(std::sqrt(2.0 / M_PI));
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n > 16384)
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    x[i] = T(0.5) * v * (T(1) + std::tanh(c * (v + T(0.044715) * v * v * v)));
+  }
+}
+
+template <typename T>
+inline void softmax(T* x, int n) {
+  T max_x = x[0];
+  for (int i = 1; i < n; ++i) max_x = std::max(max_x, x[i]);
+  T sum = 0;
+  for (int i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max_x);
+    sum += x[i];
+  }
+  const T inv_sum = T(1) / sum;
+  for (int i = 0; i < n; ++i) x[i] *= inv_sum;
+}
+
+// --- linear -----------------------------------------------------------------------------------
+// Order of every output element: acc = 0; per block of the format's kBlock rows of w (or all of
+// them, unscaled): s = 0; s += x[k]·w[k, j] for k in order; acc += scale·s (unscaled: acc = s);
+// out = acc + b[j].
+
+// sum[r][j] += Σ_{k0 ≤ k < k1} x[r, k]·w[k, j0 + j] in k order, for j < cols (with cols == COLS,
+// a compile-time width, the accumulators stay in registers).
+template <typename Format, typename T, int R, int COLS>
+inline void add_products(const T* x, const typename Format::Storage* w, int d_in, int d_out, int j0,
+                         int cols, int k0, int k1, T (&sum)[R][COLS]) {
+  if (cols == COLS) {
+    for (int k = k0; k < k1; ++k) {
+      const auto* wk = w + size_t(k) * d_out + j0;
+      for (int r = 0; r < R; ++r) {
+        const T xk = x[size_t(r) * d_in + k];
+        for (int j = 0; j < COLS; ++j) sum[r][j] += xk * Format::widen(wk[j]);
+      }
+    }
+  } else {
+    for (int k = k0; k < k1; ++k) {
+      const auto* wk = w + size_t(k) * d_out + j0;
+      for (int r = 0; r < R; ++r) {
+        const T xk = x[size_t(r) * d_in + k];
+        for (int j = 0; j < cols; ++j) sum[r][j] += xk * Format::widen(wk[j]);
+      }
+    }
+  }
+}
+
+// out[r, j0 : j0 + cols] = x[r]·w[:, j0 : j0 + cols] + b for R rows.
+template <typename Format, typename T, int R, int COLS>
+inline void linear_tile(const T* x, const LinearWeights<T>& lin, int j0, int cols, T* out) {
+  const int d_in = lin.d_in, d_out = lin.d_out;
+  const auto* w = stored_values<Format>(lin.w, lin.packed);
+  T acc[R][COLS] = {};
+  if constexpr (Format::kBlock == 0) {
+    add_products<Format>(x, w, d_in, d_out, j0, cols, 0, d_in, acc);
+  } else {
+    for (int k0 = 0; k0 < d_in; k0 += Format::kBlock) {
+      T block[R][COLS] = {};
+      add_products<Format>(x, w, d_in, d_out, j0, cols, k0, std::min(d_in, k0 + Format::kBlock),
+                           block);
+      const float* scale = lin.packed.scales + size_t(k0 / Format::kBlock) * d_out + j0;
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < cols; ++j) acc[r][j] += scale[j] * block[r][j];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < cols; ++j) out[size_t(r) * d_out + j0 + j] = acc[r][j] + lin.b[j0 + j];
+}
+
+// Every row of x, 4 at a time, against the columns [j0, j0 + cols).
+template <typename Format, typename T, int COLS>
+inline void linear_columns(const T* x, int n, const LinearWeights<T>& lin, int j0, int cols,
+                           T* out) {
+  constexpr int R = 4;
+  const size_t ldx = lin.d_in, ldo = lin.d_out;
+  int r = 0;
+  for (; r + R <= n; r += R)
+    linear_tile<Format, T, R, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo);
+  switch (n - r) {
+    case 3: linear_tile<Format, T, 3, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo); break;
+    case 2: linear_tile<Format, T, 2, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo); break;
+    case 1: linear_tile<Format, T, 1, COLS>(x + r * ldx, lin, j0, cols, out + r * ldo); break;
+    default: break;
+  }
+}
+
+// Decode (n == 1) streams wide column panels of w; prefill and batches reuse each panel of w
+// across 4 rows of x. Both accumulate every output in the same order.
+template <typename Format, typename T>
+void linear(Format, const T* x, int n, const LinearWeights<T>& lin, T* out) {
+  constexpr int kDecodeCols = 16 * kLanes<T>;
+  constexpr int kBatchCols = 4 * kLanes<T>;
+  const int cols = n == 1 ? kDecodeCols : kBatchCols;
+  const int n_panels = (lin.d_out + cols - 1) / cols;
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
+  for (int p = 0; p < n_panels; ++p) {
+    const int j0 = p * cols;
+    const int width = std::min(cols, lin.d_out - j0);
+    if (n == 1)
+      linear_tile<Format, T, 1, kDecodeCols>(x, lin, j0, width, out);
+    else
+      linear_columns<Format, T, kBatchCols>(x, n, lin, j0, width, out);
+  }
+}
+
+// --- unembed ----------------------------------------------------------------------------------
+
+// x·row for one row of the tied embedding (scales: the row's, one per kBlock columns). Native
+// weights sum in 2·kLanes partial sums (vectorised); packed ones in order, one partial sum per
+// scale block: the orders their results were first computed in.
+template <typename Format, typename T>
+inline T dot_row(const T* x, const typename Format::Storage* row, const float* scales, int d) {
+  if constexpr (Format::kBlock > 0) {
+    T acc = 0;
+    for (int c0 = 0; c0 < d; c0 += Format::kBlock) {
+      const int c1 = std::min(d, c0 + Format::kBlock);
+      acc += scales[c0 / Format::kBlock] * dot<1, Format>(x + c0, row + c0, c1 - c0);
+    }
+    return acc;
+  } else if constexpr (Format::kFormat == WeightFormat::native) {
+    return dot<2 * kLanes<T>, Format>(x, row, d);
+  } else {
+    return dot<1, Format>(x, row, d);
+  }
+}
+
+template <typename Format, typename T>
+void unembed(Format, const T* x, int n, const T* wte, const Packed& wte_packed, int n_vocab, int d,
+             T* out) {
+  const auto* values = stored_values<Format>(wte, wte_packed);
+  // Scales per row of wte (scaled formats).
+  const int n_scales = Format::kBlock > 0 ? (d + Format::kBlock - 1) / Format::kBlock : 0;
+  // Groups of vocabulary rows small enough to stay in cache while every x row visits them.
+  constexpr int kGroupRows = 64;
+  const int n_groups = (n_vocab + kGroupRows - 1) / kGroupRows;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int g = 0; g < n_groups; ++g) {
+    const int v_end = std::min(n_vocab, (g + 1) * kGroupRows);
+    for (int r = 0; r < n; ++r)
+      for (int v = g * kGroupRows; v < v_end; ++v) {
+        const float* scales =
+            Format::kBlock > 0 ? wte_packed.scales + size_t(v) * n_scales : nullptr;
+        out[size_t(r) * n_vocab + v] =
+            dot_row<Format>(x + size_t(r) * d, values + size_t(v) * d, scales, d);
+      }
+  }
+}
+
+// --- attention --------------------------------------------------------------------------------
+
+// One query row of one head over keys/values [0, n_keys): o = softmax(q·kᵀ/√hd)·v, scores in s.
+template <typename T>
+inline void attend(const T* q, const T* k, const T* v, int n_keys, int hd, T* s, T* o) {
+  const T sqrt_hd = std::sqrt(T(hd));
+  for (int t = 0; t < n_keys; ++t)
+    s[t] = dot<2 * kLanes<T>, NativeFormat<T>>(q, k + size_t(t) * hd, hd) / sqrt_hd;
+  softmax(s, n_keys);
+  std::fill(o, o + hd, T(0));
+  for (int t = 0; t < n_keys; ++t) {
+    const T p = s[t];
+    const T* vt = v + size_t(t) * hd;
+    for (int j = 0; j < hd; ++j) o[j] += p * vt[j];
+  }
+}
+
+}  // namespace portable
+}  // namespace GPT2GEN_ISA_NS
+}  // namespace gpt2gen
