@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Batch throughput: in-process (one model, 2 threads) against Ray Data (gpt2gen.ray_data: 2 actors
-x 1 thread, and 1 actor x 2 threads), on random weights of the GPT-2 124M shape (no download).
+"""Batch throughput: in-process (one model, 2 threads, and 1 thread) against Ray Data
+(gpt2gen.ray_data: 2 actors x 1 thread, and 1 actor x 2 threads), on random weights of the GPT-2
+124M shape (no download).
 
     pip install ".[ray]"
     python benchmarks/bench_batch.py --out benchmarks/results/batch-2cores
@@ -38,6 +39,7 @@ CONFIGS = [
     ("in-process, 2 threads", None, 2),
     ("Ray, 2 actors x 1 thread", 2, 1),
     ("Ray, 1 actor x 2 threads", 1, 2),
+    ("in-process, 1 thread", None, 1),
 ]
 
 

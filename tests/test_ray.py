@@ -6,7 +6,6 @@ write the same file with and without --ray, and resume a killed --ray run.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,13 +13,9 @@ import time
 
 import pytest
 
-if os.environ.get("GPT2GEN_SANITIZED"):
-    pytest.skip(
-        "Ray's own binaries do not run under the ASan runtime the sanitizer pass preloads",
-        allow_module_level=True,
-    )
 ray = pytest.importorskip("ray", reason="the Ray tests need ray[data] (pip install '.[ray]')")
 pytest.importorskip("ray.data")
+pytestmark = pytest.mark.service  # a local Ray cluster
 
 from batch_reference import PROMPTS, VARIED_SAMPLING_PARAMS, expected_generation, expected_score  # noqa: E402
 from conftest import make_numpy_gpt2  # noqa: E402

@@ -21,6 +21,7 @@ from typing import Optional
 
 from .batch_files import PLAIN, BatchFileError, answered, dumps, output_record, read_requests
 from .batch_rows import ERROR_COLUMN, RowRunner, check_job, output_columns
+from .packing import FORMATS
 
 EPILOG = """\
 input lines (JSON Lines; blank lines are skipped):
@@ -87,7 +88,7 @@ def parse_args(argv):
     )
     p.add_argument(
         "--dtype",
-        choices=["float32", "bf16", "int8"],
+        choices=["float32", *FORMATS],
         default="float32",
         help="weights as stored (float32, default) or packed once to bf16 / int8",
     )

@@ -35,10 +35,11 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from .batch_rows import RowRunner, check_job
+from .packing import FORMATS
 
 __all__ = ["GPT2Predictor", "Processor", "ProcessorConfig", "build_processor"]
 
-DTYPES = ("float32", "bf16", "int8")
+DTYPES = ("float32", *FORMATS)
 
 _TOKEN = [("token", pa.string()), ("token_id", pa.int64()), ("logprob", pa.float64())]
 # Fixed Arrow types, so every batch of a dataset has the same schema whatever its values.
