@@ -138,7 +138,7 @@ struct VectorQuantizedLinear {
   // Tiles: n = 1, kDecodeVecs column vectors; n > 1, kTileRows rows × kTileVecs vectors (the
   // integer sums of every plane, row and vector stay in registers).
   template <typename Format>
-  static constexpr int kDecodeVecs = W == 16 ? (Format::kGroup == 4 ? 8 : 6) : 2;
+  static constexpr int kDecodeVecs = W == 16 ? 4 : 2;
   static constexpr int kTileRows = 2;
   static constexpr int kTileVecs = W == 16 ? 4 : 1;
   static constexpr int kPassBlocks = 8;  // blocks of w per pass over the row tiles (n > 1)
@@ -162,7 +162,7 @@ struct VectorQuantizedLinear {
   // integer sums in registers, the running sums in out (the first block starts them); the last
   // column vector holds `last` columns of out. bias (may be null) is added after the last block.
   template <typename Format, int R, int P>
-  static void tile(const Activations& a, int r0, const QuantizedMatrix<Format>& m, int v, int b0,
+  [[gnu::noinline]] static void tile(const Activations& a, int r0, const QuantizedMatrix<Format>& m, int v, int b0,
                    int b1, const float* bias, float* out, int ldo, int last) {
     constexpr int kQuads = Format::kGroup / 4;  // four-value quads per group
     constexpr int kGroupsPerBlock = kQuantBlock / Format::kGroup;

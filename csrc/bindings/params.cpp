@@ -266,4 +266,13 @@ void Model::init(py::handle params, int n_head) {
   addresses_ = reader.addresses;
 }
 
+LinearWeights<float> read_linear(py::handle lin, int d_in, int d_out, py::list& keep_alive) {
+  ParamReader<float> reader;
+  py::dict holder;
+  holder["linear"] = lin;
+  LinearWeights<float> out = reader.linear(holder, "linear", "", d_in, d_out);
+  for (py::handle a : reader.arrays) keep_alive.append(a);
+  return out;
+}
+
 }  // namespace gpt2gen::bindings
