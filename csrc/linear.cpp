@@ -182,7 +182,8 @@ struct VectorLinear {
     }
   }
 
-  // --- register tiles: n > kStreamMaxRows ---------------------------------------------------------
+  // --- register tiles: n > kStreamMaxRows
+  // ---------------------------------------------------------
   static constexpr int kTileRows = W == 16 ? 6 : 4;  // 6 (4) rows × 4 (3) vectors
   static constexpr int kTileVecs = W == 16 ? 4 : 3;
   static constexpr int kPassRows = 256;  // rows of w per pass over the tiles of x's rows
@@ -222,9 +223,7 @@ struct VectorLinear {
       GPT2GEN_UNROLL
       for (int p = 0; p < P; ++p) acc[r][p] = F32::zero();
     }
-    for (int k = k0; k < k1; ++k) {
-      row_step<R, P>(x, ldx, k, w + size_t(k) * ldw, last, acc);
-    }
+    for (int k = k0; k < k1; ++k) { row_step<R, P>(x, ldx, k, w + size_t(k) * ldw, last, acc); }
   }
 
   // out[r, p·W + lane] for R rows and P column vectors (the last holding `last`

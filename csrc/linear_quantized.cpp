@@ -91,7 +91,8 @@ struct VectorQuantizedLinear {
     GPT2GEN_UNROLL
     for (int i = 0; i < kVecs; ++i) {
       const int k = k0 + i * W;
-      v[i] = k + W <= d_in ? F32::load(row + k) : F32::load(row + k, F32::mask(std::max(0, d_in - k)));
+      v[i] =
+          k + W <= d_in ? F32::load(row + k) : F32::load(row + k, F32::mask(std::max(0, d_in - k)));
     }
     V largest = F32::abs(v[0]), total = v[0];
     for (int i = 1; i < kVecs; ++i) {
@@ -123,7 +124,7 @@ struct VectorQuantizedLinear {
     GPT2GEN_UNROLL
     for (int i = 0; i < kVecs; ++i) {
       I rest = F32::to_int(F32::mul(v[i], scale));  // exact scaling, then round to nearest even
-      for (int p = kPlanes - 1; p > 0; --p) {  // balanced digits, lowest first
+      for (int p = kPlanes - 1; p > 0; --p) {       // balanced digits, lowest first
         const I digit = F32::isub(F32::iand(F32::iadd(rest, half), low_mask), half);
         F32::store_bytes(out[p] + i * W, digit);
         digit_sum[p] = F32::iadd(digit_sum[p], digit);
@@ -151,7 +152,8 @@ struct VectorQuantizedLinear {
   }
   template <typename Format>
   static V scales(const QuantizedMatrix<Format>& m, int v, int b) {
-    const size_t i = (size_t(v * W / kQuantPanel) * m.blocks + b) * kQuantPanel + v * W % kQuantPanel;
+    const size_t i =
+        (size_t(v * W / kQuantPanel) * m.blocks + b) * kQuantPanel + v * W % kQuantPanel;
     if constexpr (Format::kFormat == WeightFormat::int4)
       return F32::load_half(static_cast<const uint16_t*>(m.scales) + i);
     else
@@ -162,8 +164,9 @@ struct VectorQuantizedLinear {
   // integer sums in registers, the running sums in out (the first block starts them); the last
   // column vector holds `last` columns of out. bias (may be null) is added after the last block.
   template <typename Format, int R, int P>
-  [[gnu::noinline]] static void tile(const Activations& a, int r0, const QuantizedMatrix<Format>& m, int v, int b0,
-                   int b1, const float* bias, float* out, int ldo, int last) {
+  [[gnu::noinline]] static void tile(const Activations& a, int r0, const QuantizedMatrix<Format>& m,
+                                     int v, int b0, int b1, const float* bias, float* out, int ldo,
+                                     int last) {
     constexpr int kQuads = Format::kGroup / 4;  // four-value quads per group
     constexpr int kGroupsPerBlock = kQuantBlock / Format::kGroup;
     const Mask tail = F32::mask(last);
@@ -283,8 +286,9 @@ struct VectorQuantizedLinear {
   // tile<R, P> with P = vecs (1 ≤ vecs ≤ the widest tile) chosen at run time; out and bias
   // point at the rows' and the bias's column 0.
   template <typename Format, int R>
-  static void panel_columns(int vecs, const Activations& a, int r0, const QuantizedMatrix<Format>& m,
-                            int v, int b0, int b1, const float* bias, float* out, int ldo, int last) {
+  static void panel_columns(int vecs, const Activations& a, int r0,
+                            const QuantizedMatrix<Format>& m, int v, int b0, int b1,
+                            const float* bias, float* out, int ldo, int last) {
     dispatch_vecs<(R == 1 ? kDecodeVecs<Format> : kTileVecs)>(vecs, [&](auto vecs_c) {
       tile<Format, R, decltype(vecs_c)::value>(a, r0, m, v, b0, b1, bias ? bias + v * W : nullptr,
                                                out + size_t(v) * W, ldo, last);

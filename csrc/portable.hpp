@@ -175,7 +175,8 @@ void quantized_linear(const float* x, int n, const LinearWeights<float>& lin, fl
       for (int b = 0; b < m.blocks; ++b) {
         const int k0 = b * kQuantBlock, k1 = std::min(lin.d_in, k0 + kQuantBlock);
         float s = 0;
-        for (int k = k0; k < k1; ++k) s += xr[k] * float(Format::q(m.group_bytes(k, j), k % Format::kGroup));
+        for (int k = k0; k < k1; ++k)
+          s += xr[k] * float(Format::q(m.group_bytes(k, j), k % Format::kGroup));
         acc += m.scale(b, j) * s;
       }
       out[size_t(r) * lin.d_out + j] = lin.b ? acc + lin.b[j] : acc;
@@ -207,7 +208,8 @@ void unembed(Format, const T* x, int n, const T* wte, const Packed& wte_packed, 
     const int v_end = std::min(n_vocab, (g + 1) * kGroupRows);
     for (int r = 0; r < n; ++r)
       for (int v = g * kGroupRows; v < v_end; ++v)
-        out[size_t(r) * n_vocab + v] = dot_row<Format>(x + size_t(r) * d, values + size_t(v) * d, d);
+        out[size_t(r) * n_vocab + v] =
+            dot_row<Format>(x + size_t(r) * d, values + size_t(v) * d, d);
   }
 }
 

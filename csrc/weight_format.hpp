@@ -116,8 +116,8 @@ struct QuantizedMatrix {
            (j % kQuantPanel) * 4;
   }
   float scale(int block, int j) const {
-    return Format::scale(scales,
-                         (size_t(j / kQuantPanel) * blocks + block) * kQuantPanel + j % kQuantPanel);
+    return Format::scale(
+        scales, (size_t(j / kQuantPanel) * blocks + block) * kQuantPanel + j % kQuantPanel);
   }
   // The float32 value w[k, j] stands for.
   float value(int k, int j) const {

@@ -300,9 +300,9 @@ struct PackedMatrix {
   bool reduce_rows;
   std::vector<uint16_t> bf16;
   std::vector<uint8_t> data;
-  std::vector<float> scales;        // int8
+  std::vector<float> scales;          // int8
   std::vector<uint16_t> half_scales;  // int4
-  std::vector<float> values;        // quantized: [d_in, d_out]
+  std::vector<float> values;          // quantized: [d_in, d_out]
 
   PackedMatrix(const std::vector<float>& w, int rows, int cols, WeightFormat format,
                bool reduce_rows)
@@ -323,7 +323,9 @@ struct PackedMatrix {
     else
       half_scales.assign(size_t(panels) * blocks * kQuantPanel, 0);
     values.assign(size_t(d_in) * d_out, 0.0f);
-    auto at = [&](int k, int j) { return reduce_rows ? w[size_t(k) * cols + j] : w[size_t(j) * cols + k]; };
+    auto at = [&](int k, int j) {
+      return reduce_rows ? w[size_t(k) * cols + j] : w[size_t(j) * cols + k];
+    };
     for (int j = 0; j < d_out; ++j)
       for (int b = 0; b < blocks; ++b) {
         const int k0 = b * kQuantBlock, k1 = std::min(d_in, k0 + kQuantBlock);

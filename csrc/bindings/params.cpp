@@ -102,11 +102,11 @@ class ParamReader {
     packed.format = int8 ? WeightFormat::int8 : WeightFormat::int4;
     packed.data = typed_array<uint8_t>(m, "data", p, {panels, groups, 4 * kQuantPanel},
                                        rule + ", whose data is uint8");
-    packed.scales = int8 ? static_cast<const void*>(typed_array<float>(
-                               m, "scales", p, scales_shape, rule + ", whose scales are float32"))
-                         : typed_array<uint16_t>(m, "scales", p, scales_shape,
-                                                 rule + ", whose scales are float16",
-                                                 py::dtype("float16"));
+    packed.scales =
+        int8 ? static_cast<const void*>(typed_array<float>(m, "scales", p, scales_shape,
+                                                           rule + ", whose scales are float32"))
+             : typed_array<uint16_t>(m, "scales", p, scales_shape,
+                                     rule + ", whose scales are float16", py::dtype("float16"));
     return nullptr;
   }
 
