@@ -3,9 +3,10 @@
 // kernels of their own, with integer dot products: linear_quantized.cpp.
 //
 // The vector kernels convert the weights to float32 in registers as they stream in (simd.hpp's
-// widening loads); activations and every accumulation stay float32 (no vdpbf16ps: it would round
-// the activations). Order of every output element (one instruction set; the same for every row
-// count, tiling and thread count): the rows of w in segments of kSegmentRows; per segment s:
+// widening loads; bf16 rows come in interleaved pairs, two rows per load); activations and every
+// accumulation stay float32 (no vdpbf16ps: it would round the activations). Order of every output
+// element (one instruction set; the same for every row count, tiling and thread count): the rows of
+// w in segments of kSegmentRows; per segment s:
 //   p_s = 0; p_s = fma(x[k], w[k, j], p_s) for k in the segment in order;
 //   out = ((p_0 + p_1) + …) + b[j].
 // The segments let threads split a decode step over contiguous rows of w (each thread streams one
@@ -37,6 +38,45 @@ struct VectorLinear {
 
   static constexpr int kSegmentRows = 128;
 
+  // --- reading w ---------------------------------------------------------------------------------
+  // bf16 stores its rows in interleaved pairs (model.hpp): one load widens rows k and k + 1 of a
+  // column vector (a shift and an and, no shuffle); other formats load one row at a time.
+  template <typename E>
+  static constexpr int kRowsPerLoad = std::is_same_v<E, Bf16> ? 2 : 1;
+
+  // Where the values of row k (of the pair holding k) of column vector v start; ld = d_out.
+  template <typename E>
+  static const E* row_vector(const E* w, size_t ld, int k, int v) {
+    if constexpr (kRowsPerLoad<E> == 2)
+      return w + size_t(k / 2) * 2 * ld + size_t(2 * v) * W;
+    else
+      return w + size_t(k) * ld + size_t(v) * W;
+  }
+
+  // wv[i] = row k + i of column vector v as float32 (k even for pairs), the vector holding `last`
+  // columns when kMasked.
+  template <int kRows, bool kMasked, typename E>
+  static void widen_rows(const E* w, size_t ld, int k, int v, int last, V (&wv)[kRows]) {
+    if constexpr (kRowsPerLoad<E> == 2) {
+      GPT2GEN_UNROLL
+      for (int i = 0; i < kRows; i += 2) {
+        V odd;
+        const E* p = row_vector(w, ld, k + i, v);
+        if (kMasked)
+          F32::widen_pair(p, last, wv[i], odd);
+        else
+          F32::widen_pair(p, wv[i], odd);
+        if (i + 1 < kRows) wv[i + 1] = odd;
+      }
+    } else {
+      GPT2GEN_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        const E* p = row_vector(w, ld, k + i, v);
+        wv[i] = kMasked ? F32::widen(p, last) : F32::widen(p);
+      }
+    }
+  }
+
   // --- unscaled formats, n ≤ kStreamMaxRows: row streaming --------------------------------------
   // Columns [v0, v1) of kStreamRows rows of w at a time (sequential streams for the prefetchers).
   // Each vector of w is loaded (and widened) once and used for the R rows of x; the segment's
@@ -53,29 +93,37 @@ struct VectorLinear {
   static void stream_rows(const float* __restrict x, int ldx, const E* __restrict w, int d_out,
                           float* __restrict part, int v0, int v1, int k0, int last, bool first) {
     const size_t ld = d_out;
-    w += size_t(k0) * ld;
     x += k0;
+    // One row of x: its kRows values broadcast once for every column vector (as memory operands
+    // of the FMAs they would take a load slot each time, and decode is bound by load slots).
+    V xb[kRows];
+    if constexpr (R == 1) {
+      GPT2GEN_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        xb[i] = F32::set1(x[i]);
+        __asm__("" : "+v"(xb[i]));
+      }
+    }
     auto step = [&](int v, auto masked_c) {
       constexpr bool kMasked = decltype(masked_c)::value;
       const Mask m = F32::mask(kMasked ? last : W);
-      V wv[kRows];
       if constexpr (R > 1) {
-        if (v * W * sizeof(E) % 64 == 0) {  // once per cache line
-          const E* ahead = w + size_t(kStreamRows) * ld + v * W;
+        if (v * W * sizeof(E) * kRowsPerLoad<E> % 64 == 0) {  // once per cache line
           GPT2GEN_UNROLL
-          for (int i = 0; i < kRows; ++i) F32::prefetch(ahead + i * ld);
+          for (int i = 0; i < kRows; i += kRowsPerLoad<E>)
+            F32::prefetch(row_vector(w, ld, k0 + kStreamRows + i, v));
         }
       }
-      GPT2GEN_UNROLL
-      for (int i = 0; i < kRows; ++i)
-        wv[i] = kMasked ? F32::widen(w + i * ld + v * W, last) : F32::widen(w + i * ld + v * W);
+      V wv[kRows];
+      widen_rows<kRows, kMasked>(w, ld, k0, v, last, wv);
       GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) {
         float* o = part + size_t(r) * d_out + v * W;
         const float* xr = x + size_t(r) * ldx;
         V acc = first ? F32::zero() : kMasked ? F32::load(o, m) : F32::load(o);
         GPT2GEN_UNROLL
-        for (int i = 0; i < kRows; ++i) acc = F32::fma(F32::set1(xr[i]), wv[i], acc);
+        for (int i = 0; i < kRows; ++i)
+          acc = F32::fma(R == 1 ? xb[i] : F32::set1(xr[i]), wv[i], acc);
         if (kMasked)
           F32::store(o, acc, m);
         else
@@ -189,32 +237,46 @@ struct VectorLinear {
   static constexpr int kPassRows = 256;  // rows of w per pass over the tiles of x's rows
   static_assert(kPassRows % kSegmentRows == 0, "a pass must hold whole segments");
 
-  // acc[r][p] = fma(x[r, k], w[k, p·W + lane], acc[r][p]) for one row k of w (wk), widening each
-  // weight vector once. One row of x (decode): widen and use each vector at once (P + 2
-  // registers); several: widen the P vectors first, then one broadcast of x per row.
-  template <int R, int P, typename E>
-  static void row_step(const float* x, int ldx, int k, const E* wk, int last, V (&acc)[R][P]) {
+  // acc[r][p] = fma(x[r, k + i], w[k + i, p·W + lane], acc[r][p]) for kRows (one load's) rows of
+  // w from k, in order, w pointing at the tile's first column vector. One row of x (decode): widen
+  // and use each vector at once; several: widen the P vectors first, then one broadcast of x per
+  // row.
+  template <int R, int P, int kRows, typename E>
+  static void row_step(const float* x, int ldx, int k, const E* w, size_t ldw, int last,
+                       V (&acc)[R][P]) {
     if constexpr (R == 1) {
-      const V xv = F32::set1(x[k]);
       GPT2GEN_UNROLL
-      for (int p = 0; p < P; ++p)
-        acc[0][p] = F32::fma(xv, p == P - 1 ? F32::widen(wk + p * W, last) : F32::widen(wk + p * W),
-                             acc[0][p]);
-    } else {
-      V wv[P];
-      GPT2GEN_UNROLL
-      for (int p = 0; p < P; ++p)
-        wv[p] = p == P - 1 ? F32::widen(wk + p * W, last) : F32::widen(wk + p * W);
-      GPT2GEN_UNROLL
-      for (int r = 0; r < R; ++r) {
-        const V xv = F32::set1(x[size_t(r) * ldx + k]);
+      for (int p = 0; p < P; ++p) {
+        V wv[kRows];
+        if (p == P - 1)
+          widen_rows<kRows, true>(w, ldw, k, p, last, wv);
+        else
+          widen_rows<kRows, false>(w, ldw, k, p, last, wv);
         GPT2GEN_UNROLL
-        for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p], acc[r][p]);
+        for (int i = 0; i < kRows; ++i) acc[0][p] = F32::fma(F32::set1(x[k + i]), wv[i], acc[0][p]);
+      }
+    } else {
+      V wv[P][kRows];
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) {
+        if (p == P - 1)
+          widen_rows<kRows, true>(w, ldw, k, p, last, wv[p]);
+        else
+          widen_rows<kRows, false>(w, ldw, k, p, last, wv[p]);
+      }
+      GPT2GEN_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        GPT2GEN_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const V xv = F32::set1(x[size_t(r) * ldx + k + i]);
+          GPT2GEN_UNROLL
+          for (int p = 0; p < P; ++p) acc[r][p] = F32::fma(xv, wv[p][i], acc[r][p]);
+        }
       }
     }
   }
 
-  // acc[r][p] = Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane], from zero, k in order.
+  // acc[r][p] = Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane], from zero, k in order (k0 even).
   template <int R, int P, typename E>
   static void sum_rows(const float* x, int ldx, const E* w, int ldw, int k0, int k1, int last,
                        V (&acc)[R][P]) {
@@ -223,7 +285,10 @@ struct VectorLinear {
       GPT2GEN_UNROLL
       for (int p = 0; p < P; ++p) acc[r][p] = F32::zero();
     }
-    for (int k = k0; k < k1; ++k) { row_step<R, P>(x, ldx, k, w + size_t(k) * ldw, last, acc); }
+    constexpr int kStep = kRowsPerLoad<E>;
+    int k = k0;
+    for (; k + kStep <= k1; k += kStep) row_step<R, P, kStep>(x, ldx, k, w, ldw, last, acc);
+    if (k < k1) row_step<R, P, 1>(x, ldx, k, w, ldw, last, acc);  // a pair's first row
   }
 
   // out[r, p·W + lane] for R rows and P column vectors (the last holding `last`
@@ -264,7 +329,7 @@ struct VectorLinear {
                    bool with_bias, float* out, int ldo, int last) {
     const int j0 = v * W;
     const float* bias = with_bias ? lin.b + j0 : nullptr;
-    const auto* w = stored_values<Format>(lin.w, lin.packed) + j0;
+    const auto* w = row_vector(stored_values<Format>(lin.w, lin.packed), lin.d_out, 0, v);
     dense_tile<R, P>(x, ldx, w, lin.d_out, k0, k1, bias, out + j0, ldo, last);
   }
 

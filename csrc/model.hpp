@@ -17,7 +17,9 @@ struct LayerNormWeights {
 // int4 (python/gpt2gen/packing.py); activations and accumulation stay float32.
 enum class WeightFormat : uint8_t {
   native,  // the parameters' dtype, read in place
-  bf16,    // uint16: the high half of each float32, rounded to nearest even, in the native layout
+  bf16,    // uint16: the high half of each float32, rounded to nearest even; wte in its layout, a
+           // linear's w[d_in, d_out] in interleaved row pairs [ceil(d_in / 2)][d_out][2] (one
+           // load widens two rows; an odd d_in is padded with a zero row)
   int8,    // quantized (below): q in [-127, 127] stored as the byte q + 128, float32 scales
   int4,    // quantized (below): q in [-8, 7] stored as the nibble q + 8, float16 scales
 };
@@ -37,7 +39,7 @@ constexpr int kQuantPanel = 16;
 
 struct Packed {
   WeightFormat format = WeightFormat::native;
-  const void* data = nullptr;    // bf16: uint16 in the native layout; int8 / int4: bytes, above
+  const void* data = nullptr;    // bf16: uint16 (above); int8 / int4: bytes, above
   const void* scales = nullptr;  // int8: float32; int4: float16 (as uint16)
 };
 

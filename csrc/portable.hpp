@@ -98,18 +98,18 @@ inline void add_products(const T* x, const typename Format::Storage* w, int d_in
                          int cols, int k0, int k1, T (&sum)[R][COLS]) {
   if (cols == COLS) {
     for (int k = k0; k < k1; ++k) {
-      const auto* wk = w + size_t(k) * d_out + j0;
       for (int r = 0; r < R; ++r) {
         const T xk = x[size_t(r) * d_in + k];
-        for (int j = 0; j < COLS; ++j) sum[r][j] += xk * Format::widen(wk[j]);
+        for (int j = 0; j < COLS; ++j)
+          sum[r][j] += xk * Format::widen(w[linear_index<Format>(k, j0 + j, d_out)]);
       }
     }
   } else {
     for (int k = k0; k < k1; ++k) {
-      const auto* wk = w + size_t(k) * d_out + j0;
       for (int r = 0; r < R; ++r) {
         const T xk = x[size_t(r) * d_in + k];
-        for (int j = 0; j < cols; ++j) sum[r][j] += xk * Format::widen(wk[j]);
+        for (int j = 0; j < cols; ++j)
+          sum[r][j] += xk * Format::widen(w[linear_index<Format>(k, j0 + j, d_out)]);
       }
     }
   }

@@ -115,6 +115,23 @@ struct Vec<float> {
     return _mm512_castsi512_ps(
         _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(n), p)), 16));
   }
+  // Two rows of W bf16 columns stored as interleaved pairs (a linear's bf16 matrix, model.hpp):
+  // each 32-bit lane holds a column's value of the even row in its low half, of the odd row in
+  // its high half. The partial form reads n < W columns.
+  static void widen_pair(const Bf16* p, V& even, V& odd) {
+    __m512i v = _mm512_loadu_si512(p);
+    // One load for both halves: GCC would otherwise fold the load into both the shift and the
+    // and, reading the line twice (decode is bound by load slots, not arithmetic).
+    __asm__("" : "+v"(v));
+    split_pair(v, even, odd);
+  }
+  static void widen_pair(const Bf16* p, int n, V& even, V& odd) {
+    split_pair(_mm512_maskz_loadu_epi32(mask(n), p), even, odd);
+  }
+  static void split_pair(__m512i v, V& even, V& odd) {
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int(0xFFFF0000u))));
+  }
 
   // Into L1, ahead of a stream the hardware prefetchers do not keep up with.
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
@@ -246,6 +263,17 @@ struct Vec<float> {
     alignas(32) E buf[W] = {};
     std::memcpy(buf, p, sizeof(E) * n);
     return widen(buf);
+  }
+  static void widen_pair(const Bf16* p, V& even, V& odd) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xFFFF0000u))));
+  }
+  static void widen_pair(const Bf16* p, int n, V& even, V& odd) {
+    if (n >= W) return widen_pair(p, even, odd);
+    alignas(32) Bf16 buf[2 * W] = {};
+    std::memcpy(buf, p, 2 * sizeof(Bf16) * n);
+    widen_pair(buf, even, odd);
   }
 
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }

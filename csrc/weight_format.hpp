@@ -37,6 +37,7 @@ struct NativeFormat {
   static T widen(T w) { return w; }
 };
 
+// bf16 linears store their rows in interleaved pairs (model.hpp): linear_index below.
 struct Bf16Format {
   static constexpr WeightFormat kFormat = WeightFormat::bf16;
   static constexpr bool kQuantized = false;
@@ -124,6 +125,16 @@ struct QuantizedMatrix {
     return float(Format::q(group_bytes(k, j), k % Format::kGroup)) * scale(k / kQuantBlock, j);
   }
 };
+
+// The index of w[k, j] among the stored values of a linear's matrix (d_out columns) in an
+// unquantized format: GPT-2's layout, or bf16's row pairs [k / 2][j][k % 2].
+template <typename Format>
+size_t linear_index(int k, int j, int d_out) {
+  if constexpr (Format::kFormat == WeightFormat::bf16)
+    return (size_t(k / 2) * d_out + j) * 2 + k % 2;
+  else
+    return size_t(k) * d_out + j;
+}
 
 // The stored values of a matrix of an unquantized format given as a native array (null when
 // packed) and its Packed view.

@@ -228,7 +228,10 @@ def test_shutdown_with_requests_in_flight(model_dir):
     threads = [threading.Thread(target=worker, args=(p,)) for p in ("a", "b", "c", "d")]
     for t in threads:
         t.start()
-    _wait_until(lambda: model.scheduler.started and model.scheduler.scheduler.running == 2)
+    # Every request submitted (two running, two waiting) before the shutdown: a thread that has not
+    # submitted yet would start a new scheduler after it, and its endless request would not end.
+    _wait_until(lambda: model.scheduler.started and model.scheduler.scheduler.running == 2
+                and model.scheduler.scheduler.waiting == 2)
     model.close()
     for t in threads:
         t.join(timeout=30)

@@ -307,9 +307,10 @@ struct PackedMatrix {
   PackedMatrix(const std::vector<float>& w, int rows, int cols, WeightFormat format,
                bool reduce_rows)
       : format(format), rows(rows), cols(cols), reduce_rows(reduce_rows) {
-    if (format == WeightFormat::bf16) {
-      bf16.resize(w.size());
-      for (size_t i = 0; i < w.size(); ++i) bf16[i] = to_bf16(w[i]);
+    if (format == WeightFormat::bf16) {  // a linear's rows in interleaved pairs
+      bf16.assign(size_t(reduce_rows ? (rows + 1) / 2 * 2 : rows) * cols, 0);
+      for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) bf16[bf16_index(i, j)] = to_bf16(w[size_t(i) * cols + j]);
       return;
     }
     const bool int8 = format == WeightFormat::int8;
@@ -356,13 +357,16 @@ struct PackedMatrix {
         }
       }
   }
+  size_t bf16_index(int i, int j) const {
+    return reduce_rows ? (size_t(i / 2) * cols + j) * 2 + i % 2 : size_t(i) * cols + j;
+  }
   Packed packed() const {
     if (format == WeightFormat::bf16) return {format, bf16.data(), nullptr};
     if (format == WeightFormat::int8) return {format, data.data(), scales.data()};
     return {format, data.data(), half_scales.data()};
   }
   double value(int i, int j) const {
-    if (format == WeightFormat::bf16) return from_bf16(bf16[size_t(i) * cols + j]);
+    if (format == WeightFormat::bf16) return from_bf16(bf16[bf16_index(i, j)]);
     return reduce_rows ? values[size_t(i) * cols + j] : values[size_t(j) * rows + i];
   }
   double bytes() const {

@@ -68,10 +68,11 @@ class ParamReader {
   }
 
   // node[key] as a matrix [rows, cols]: an array of the parameters' dtype, or a packed dict made
-  // by gpt2gen.pack_params: {"format": "bf16", "data": uint16 [rows, cols]}, or a quantized one
-  // {"format": "int8" | "int4", "shape": (rows, cols), "data": uint8, "scales": float32 |
-  // float16} in model.hpp's layout, whose product reduces over the rows (a linear's w) or, with
-  // reduce_rows false, the columns (wte, stored as wteᵀ).
+  // by gpt2gen.pack_params, {"format": ..., "shape": (rows, cols), "data": ...}: bf16, uint16
+  // [rows, cols], or for a linear [ceil(rows / 2), cols, 2] (its rows in interleaved pairs); int8
+  // and int4, uint8 data and float32 / float16 "scales" in model.hpp's layout. The product
+  // reduces over the rows (a linear's w) or, with reduce_rows false, the columns (wte, whose
+  // quantized formats store wteᵀ).
   const T* matrix(py::handle node, const char* key, const std::string& path, py::ssize_t rows,
                   py::ssize_t cols, bool reduce_rows, Packed& packed) {
     py::object m = child(node, key, path);
@@ -81,20 +82,22 @@ class ParamReader {
       throw py::type_error("params '" + p + "' is packed, which only float32 parameters can be");
     const std::string format = py::str(child(m, "format", p));
     const std::string rule = "'" + p + "' is packed as " + format;
-    if (format == "bf16") {
-      packed = {WeightFormat::bf16,
-                typed_array<uint16_t>(m, "data", p, {rows, cols}, rule + ", whose data is uint16"),
-                nullptr};
-      return nullptr;
-    }
-    const bool int8 = format == "int8";
-    if (!int8 && format != "int4")
+    const bool int8 = format == "int8", int4 = format == "int4";
+    if (!int8 && !int4 && format != "bf16")
       throw py::value_error("params '" + p + ".format' is '" + format +
                             "'; packed formats are 'bf16', 'int8' and 'int4'");
     if (packed_shape(m, p) != std::pair{rows, cols})
       throw py::value_error("params '" + p + ".shape' is " + std::string(py::str(m["shape"])) +
                             ", expected (" + std::to_string(rows) + ", " + std::to_string(cols) +
                             ")");
+    if (format == "bf16") {  // a linear's rows in interleaved pairs (model.hpp)
+      const std::vector<py::ssize_t> shape =
+          reduce_rows ? std::vector<py::ssize_t>{(rows + 1) / 2, cols, 2} : std::vector{rows, cols};
+      packed = {WeightFormat::bf16,
+                typed_array<uint16_t>(m, "data", p, shape, rule + ", whose data is uint16"),
+                nullptr};
+      return nullptr;
+    }
     const py::ssize_t d_in = reduce_rows ? rows : cols, d_out = reduce_rows ? cols : rows;
     const py::ssize_t panels = (d_out + kQuantPanel - 1) / kQuantPanel, blocks = blocks_of(d_in);
     const py::ssize_t groups = blocks * kQuantBlock / (int8 ? 4 : 8);
@@ -160,17 +163,14 @@ Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
   Weights<T> w;
   // The shapes come from wte (or its packed data) and wpe; every array is then checked by them.
   py::object wte_node = reader.child(params, "wte", "");
-  const bool quantized_wte = is_mapping(wte_node) && wte_node.contains("shape");
-  py::object wte_shape = !is_mapping(wte_node) ? wte_node
-                         : quantized_wte       ? wte_node["shape"]
-                                               : reader.child(wte_node, "data", "wte");
+  const bool packed_wte = is_mapping(wte_node);
   py::object wpe_shape = reader.child(params, "wpe", "");
-  for (auto [name, obj] : {std::pair{"wte", wte_shape}, std::pair{"wpe", wpe_shape}})
-    if (!(py::isinstance<py::array>(obj) || (name == std::string("wte") && quantized_wte)))
+  for (auto [name, obj] : {std::pair{"wte", wte_node}, std::pair{"wpe", wpe_shape}})
+    if (!(py::isinstance<py::array>(obj) || (name == std::string("wte") && packed_wte)))
       throw py::type_error(std::string("params '") + name + "' must be a NumPy array, got " +
                            std::string(py::str(py::type::handle_of(obj))));
   const auto [wte_rows, wte_cols] =
-      quantized_wte ? reader.packed_shape(wte_node, "wte") : array_shape2(wte_shape, "wte");
+      packed_wte ? reader.packed_shape(wte_node, "wte") : array_shape2(wte_node, "wte");
   py::array wpe = wpe_shape;
   if (wpe.ndim() != 2)
     throw py::value_error("params 'wpe' must be 2-D [n_ctx, n_embd], got " +

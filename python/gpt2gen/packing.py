@@ -4,9 +4,12 @@ Only the matrices are packed (every block's ``c_attn``, ``c_proj``, ``c_fc``, ``
 weights and the tied ``wte``, ~98% of GPT-2's parameters); biases, LayerNorm and ``wpe`` stay
 float32, and so do activations and accumulation. A packed matrix replaces its array by a dict:
 
-- ``{"format": "bf16", "data": uint16[...]}``: the high half of each float32, rounded to nearest
-  even (half the bytes);
-- ``{"format": "int8" | "int4", "shape": (rows, cols), "data": uint8[...], "scales": ...}``:
+- ``{"format": "bf16", "shape": (rows, cols), "data": uint16[...]}``: the high half of each float32, rounded to nearest
+  even (half the bytes); ``wte`` keeps its shape, a linear's ``W[in, out]`` is stored as
+  ``[ceil(in / 2), out, 2]``, its rows in interleaved pairs, so that one load gives the engine two
+  rows to widen;
+- ``{"format": "int8" | "int4", "shape": (rows, cols), "data": uint8[...], "scales": ...}``
+  (every packed dict names the shape of the matrix it stands for):
   symmetric quantization with one scale per block of ``QUANT_BLOCK`` values along the dimension
   the product reduces over (the rows of a ``W[in, out]``, the columns of ``wte``):
   ``value = q · scale``. int8: ``q`` in [-127, 127], ``scale = max|w| / 127``, float32 scales
@@ -108,7 +111,13 @@ def _values(m: dict) -> np.ndarray:
 
 def pack_matrix(w: np.ndarray, dtype: str, reduce_axis: int) -> dict:
     if dtype == "bf16":
-        return {"format": "bf16", "data": float_to_bf16(w)}
+        if reduce_axis == 1:
+            return {"format": "bf16", "shape": tuple(w.shape), "data": float_to_bf16(w)}
+        rows, cols = w.shape
+        pairs = np.zeros((_ceil_to(rows, 2), cols), np.uint16)
+        pairs[:rows] = float_to_bf16(w)
+        data = np.ascontiguousarray(pairs.reshape(-1, 2, cols).transpose(0, 2, 1))
+        return {"format": "bf16", "shape": tuple(w.shape), "data": data}
     view = w if reduce_axis == 0 else w.T  # [d_in, d_out]
     data, scales = _layout(*quantize(view, dtype), dtype)
     return {"format": dtype, "shape": tuple(w.shape), "data": data, "scales": scales}
@@ -119,7 +128,11 @@ def unpack_matrix(m, reduce_axis: int) -> np.ndarray:
     if not isinstance(m, dict):
         return m
     if m["format"] == "bf16":
-        return bf16_to_float(m["data"])
+        data = m["data"]
+        if reduce_axis == 1:
+            return bf16_to_float(data)
+        rows = data.transpose(0, 2, 1).reshape(-1, data.shape[1])  # the interleaved pairs, undone
+        return np.ascontiguousarray(bf16_to_float(rows[:m["shape"][0]]))
     rows, cols = m["shape"]
     d_in, d_out = (rows, cols) if reduce_axis == 0 else (cols, rows)
     values = np.ascontiguousarray(_values(m)[:d_in, :d_out])
