@@ -514,6 +514,32 @@ void BM_attention(benchmark::State& state) {
   set_counters(state, n == 1 ? 2.0 * ctx * kEmbd * 4 : 0, 2.0 * 2.0 * pairs * kEmbd);
 }
 
+// One decode step's attention over every layer's cache (12 layers of [head][ctx][head_dim] keys
+// and values, 75 MB at ctx 1024: memory-bound, as in the model, where the last layer's cache is
+// long evicted when the first layer's is read again). range(0) = context after the step.
+void BM_attention_layers(benchmark::State& state) {
+  const int ctx = int(state.range(0)), pos0 = ctx - 1, hd = kEmbd / kHead;
+  std::vector<float> qkv = random_vec(size_t(3) * kEmbd, 12, 2.0f);
+  std::vector<std::vector<float>> keys, values;
+  for (int l = 0; l < kLayer; ++l) {
+    keys.push_back(random_vec(size_t(kHead) * ctx * hd, 13 + 2 * l, 2.0f));
+    values.push_back(random_vec(keys.back().size(), 14 + 2 * l));
+  }
+  std::vector<float> scores(size_t(kHead) * ctx), out(kEmbd);
+  auto layer = [&](int l) {
+    K().kv_cache_append(qkv.data(), 1, kEmbd, kHead, pos0, keys[l].data(), values[l].data(), ctx);
+    K().causal_attention(qkv.data(), 1, kEmbd, kHead, pos0, keys[l].data(), values[l].data(), ctx,
+                         scores.data(), out.data());
+  };
+  layer(0);
+  check("attention (layers)", out.data(), attention_ref(qkv, 1, pos0, keys[0], values[0], ctx));
+  for (auto _ : state) {
+    for (int l = 0; l < kLayer; ++l) layer(l);
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_counters(state, 2.0 * kLayer * ctx * kEmbd * sizeof(float), 2.0 * 2.0 * kLayer * ctx * kEmbd);
+}
+
 // --- one full decode step ---------------------------------------------------------------------
 
 struct Model124M {
@@ -646,8 +672,12 @@ BENCHMARK(BM_attention)
     ->Args({1024, 1024})
     ->ArgNames({"ctx", "n"})
     ->UseRealTime();
+BENCHMARK(BM_attention_layers)->Arg(32)->Arg(256)->Arg(1024)->ArgName("ctx")->UseRealTime();
 BENCHMARK(BM_forward_decode)
+    ->Arg(32)
     ->Arg(128)
+    ->Arg(256)
+    ->Arg(1023)  // wpe has positions 0 .. 1023
     ->ArgName("ctx")
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
