@@ -77,24 +77,34 @@ def test_greedy_generation_matches_reference(config, dtype):
 @pytest.mark.parametrize("backend", gpt2gen.supported_backends())
 @pytest.mark.parametrize("config", CONFIGS[1:5])
 def test_bf16_kv_cache_matches_reference_with_rounded_keys_and_values(config, backend):
+    """The engine's bf16 cache against the reference rounding its keys and values the same way.
+    A key computed a float32 rounding error away from the reference's can round to the
+    neighbouring bf16 (a 2^-8 relative step), so past the first layers a few logits differ by
+    more than the float32 parity tolerance: the engine must be an order of magnitude closer to
+    the rounded reference than the rounding itself moves the logits (the kernel alone, on the
+    same keys and values, is held to the float32 tolerance: test_kernels.py)."""
     n_layer, n_embd, n_head, n_vocab, n_ctx = config
     rng = np.random.default_rng(21 + sum(config))
-    params = random_params(rng, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_vocab=n_vocab,
-                           n_ctx=n_ctx, scale=0.5)
+    shape = dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_vocab=n_vocab, n_ctx=n_ctx)
+    params = random_params(rng, **shape)
+    peaked = random_params(rng, **shape, scale=0.5)  # greedy: near-ties unlikely
     ids = rng.integers(0, n_vocab, n_ctx - 1)
+    prompt = list(ids[:3])
+    n_new = min(40, n_ctx - len(prompt))
     previous = gpt2gen.backend()
     gpt2gen.set_backend(backend)
     try:
         logits = gpt2gen.forward(ids, params, n_head, kv_cache_dtype="bf16")
         unrounded = gpt2gen.forward(ids, params, n_head)
-        prompt = list(ids[:3])
-        tokens = gpt2gen.generate(prompt, params, n_head, 40, kv_cache_dtype="bf16")
+        tokens = gpt2gen.generate(prompt, peaked, n_head, n_new, kv_cache_dtype="bf16")
     finally:
         gpt2gen.set_backend(previous)
     expected = reference.gpt2(ids, **params, n_head=n_head, kv_cache_dtype="bf16")
-    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    rounding = np.abs(reference.gpt2(ids, **params, n_head=n_head) - expected)
+    error = np.abs(logits - expected)
+    assert error.mean() <= 0.15 * rounding.mean() and error.max() <= 0.25 * rounding.max()
     assert not np.array_equal(logits, unrounded)  # the cache really is rounded
-    assert tokens == reference.generate(prompt, params, n_head, 40, kv_cache_dtype="bf16")
+    assert tokens == reference.generate(prompt, peaked, n_head, n_new, kv_cache_dtype="bf16")
 
 
 @pytest.mark.parametrize("dtype, kv_cache_dtype",
