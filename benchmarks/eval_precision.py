@@ -1,4 +1,5 @@
-"""Accuracy cost of packed weights (bf16, int8, int4) against float32, on the same model.
+"""Accuracy cost of packed weights (bf16, int8, int4), and of a bf16 KV cache, against float32,
+on the same model.
 
 For each kind of weights and each format it reports, over the positions of a random prompt:
 the largest logit error relative to the float32 logits' scale (their standard deviation), the
@@ -74,13 +75,13 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def evaluate(params, packed, n_head, prompt, n_tokens):
-    reference, candidate = _core.Model(params, n_head), _core.Model(packed, n_head)
+def evaluate(params, packed, n_head, prompt, n_tokens, kv_cache_dtype="float32"):
+    reference, candidate = _core.Model(params, n_head), _core.Model(packed, n_head, kv_cache_dtype)
     a, b = reference.forward(prompt), candidate.forward(prompt)
     lp_a, lp_b = log_softmax(a), log_softmax(b)
     kl = float(np.mean(np.sum(np.exp(lp_a) * (lp_a - lp_b), axis=-1)))
     greedy_a = gpt2gen.generate(prompt[:8], params, n_head, n_tokens)
-    greedy_b = gpt2gen.generate(prompt[:8], packed, n_head, n_tokens)
+    greedy_b = gpt2gen.generate(prompt[:8], packed, n_head, n_tokens, kv_cache_dtype=kv_cache_dtype)
     same = [x == y for x, y in zip(greedy_a, greedy_b)]
     first = same.index(False) if False in same else n_tokens
     return {"max_logit_error_rel": float(np.abs(a - b).max() / a.std()),
@@ -91,11 +92,32 @@ def evaluate(params, packed, n_head, prompt, n_tokens):
             "first_difference": first}
 
 
+def print_row(r, n_tokens):
+    first = "none" if r["first_difference"] == n_tokens else f"token {r['first_difference']}"
+    print(f"| {r['weights']} | {r['format']} | {r['max_logit_error_rel']:.2e} ({r['max_logit_error_abs']:.3g} / "
+          f"{r['logit_std']:.3g}) | {r['kl_mean']:.2e} | {100 * r['greedy_agreement']:.1f}% | {first} |",
+          flush=True)
+
+
+def kv_cache_row(kind, params, shape, n_tokens, prompt_length):
+    """The bf16 KV cache against the float32 one, float32 weights, over a long prompt (the
+    rounding's effect grows with the context attention reads)."""
+    n = min(prompt_length, shape["n_ctx"])
+    prompt = list(np.random.default_rng(2).integers(0, shape["n_vocab"], n))
+    start = time.perf_counter()
+    r = evaluate(params, params, shape["n_head"], prompt, n_tokens, kv_cache_dtype="bf16")
+    r.update(weights=kind, format="fp32, bf16 KV cache", prompt=n,
+             seconds=time.perf_counter() - start)
+    return r
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small model shape")
     parser.add_argument("--tokens", type=int, default=256, help="greedy tokens compared")
     parser.add_argument("--prompt", type=int, default=64, help="prompt length for logits and KL")
+    parser.add_argument("--kv-prompt", type=int, default=1024,
+                        help="prompt length for the bf16 KV cache's logits and KL (capped by n_ctx)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     shape = SHAPES["quick" if args.quick else "124M"]
@@ -112,10 +134,10 @@ def main():
             r = evaluate(params, gpt2gen.pack_params(params, fmt), shape["n_head"], prompt, args.tokens)
             r.update(weights=kind, format=fmt, seconds=time.perf_counter() - start)
             results.append(r)
-            first = "none" if r["first_difference"] == args.tokens else f"token {r['first_difference']}"
-            print(f"| {kind} | {fmt} | {r['max_logit_error_rel']:.2e} ({r['max_logit_error_abs']:.3g} / "
-                  f"{r['logit_std']:.3g}) | {r['kl_mean']:.2e} | {100 * r['greedy_agreement']:.1f}% | {first} |",
-                  flush=True)
+            print_row(r, args.tokens)
+        r = kv_cache_row(kind, params, shape, args.tokens, args.kv_prompt)
+        results.append(r)
+        print_row(r, args.tokens)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"shape": shape, "results": results}, f, indent=2)

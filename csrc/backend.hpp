@@ -23,10 +23,9 @@ struct Kernels {
   void (*softmax)(T* x, int n);
   void (*linear)(const T* x, int n, LinearWeights<T> lin, T* out);
   void (*unembed)(const T* x, int n, const T* wte, Packed wte_packed, int n_vocab, int d, T* out);
-  void (*kv_cache_append)(const T* qkv, int n, int n_embd, int n_head, int pos0, T* keys, T* values,
-                          int capacity);
-  void (*causal_attention)(const T* qkv, int n, int n_embd, int n_head, int pos0, const T* keys,
-                           const T* values, int capacity, T* scores, T* out);
+  void (*kv_cache_append)(const T* qkv, int n, int n_embd, int n_head, int pos0, KVLayer cache);
+  void (*causal_attention)(const T* qkv, int n, int n_embd, int n_head, int pos0, KVLayer cache,
+                           T* scores, T* out);
   // The new positions of every chunk through the blocks (all chunks' rows go through each matrix
   // product together), writing their keys and values into each chunk's cache at positions
   // cache->length.. (the caller advances length); the final hidden states are left in ws.x.

@@ -20,11 +20,9 @@ void mha(const T* x, int rows, const BlockWeights<T>& block, int layer, const Ch
   for (int c = 0, row = 0; c < n_chunks; row += chunks[c++].n) {
     KVCache<T>& cache = *chunks[c].cache;
     const T* qkv = ws.qkv.data() + size_t(row) * 3 * n_embd;
-    kv_cache_append(qkv, chunks[c].n, n_embd, cache.n_head, cache.length, cache.keys(layer),
-                    cache.values(layer), cache.capacity);
-    causal_attention(qkv, chunks[c].n, n_embd, cache.n_head, cache.length, cache.keys(layer),
-                     cache.values(layer), cache.capacity, ws.scores.data(),
-                     ws.att.data() + size_t(row) * n_embd);
+    kv_cache_append(qkv, chunks[c].n, n_embd, cache.n_head, cache.length, cache.layer(layer));
+    causal_attention(qkv, chunks[c].n, n_embd, cache.n_head, cache.length, cache.layer(layer),
+                     ws.scores.data(), ws.att.data() + size_t(row) * n_embd);
   }
   linear(ws.att.data(), rows, block.attn_proj, out);
 }

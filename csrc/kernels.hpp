@@ -48,21 +48,21 @@ template <typename T>
 void unembed(const T* x, int n, const T* wte, Packed wte_packed, int n_vocab, int d, T* out);
 
 // --- attention.cpp
-// One layer's cache: keys and values [n_head][capacity][head_dim]. qkv[n, 3·n_embd] is c_attn's
-// output for n new positions pos0, pos0 + 1, ...: per row the queries, keys and values of every
-// head (head h at columns h·head_dim of each third).
+// One layer's cache (KVLayer): keys and values [n_head][capacity][head_dim] in the cache's
+// format. qkv[n, 3·n_embd] is c_attn's output for n new positions pos0, pos0 + 1, ...: per row
+// the queries, keys and values of every head (head h at columns h·head_dim of each third).
 
-// Writes the new positions' keys and values into the cache at positions pos0 .. pos0 + n − 1.
+// Writes the new positions' keys and values into the cache at positions pos0 .. pos0 + n − 1
+// (bf16: rounded to nearest even).
 template <typename T>
-void kv_cache_append(const T* qkv, int n, int n_embd, int n_head, int pos0, T* keys, T* values,
-                     int capacity);
+void kv_cache_append(const T* qkv, int n, int n_embd, int n_head, int pos0, KVLayer cache);
 
 // Causal multi-head attention of the new positions over the cache, which must hold positions
-// 0 .. pos0 + n − 1: out[i, head h] = softmax(q_i·kᵀ/√head_dim)·v over positions 0 .. pos0 + i.
-// scores: scratch for n_head·capacity values.
+// 0 .. pos0 + n − 1: out[i, head h] = softmax(q_i·kᵀ/√head_dim)·v over positions 0 .. pos0 + i,
+// with k and v as stored (widened to T). scores: scratch for n_head·capacity values.
 template <typename T>
-void causal_attention(const T* qkv, int n, int n_embd, int n_head, int pos0, const T* keys,
-                      const T* values, int capacity, T* scores, T* out);
+void causal_attention(const T* qkv, int n, int n_embd, int n_head, int pos0, KVLayer cache,
+                      T* scores, T* out);
 
 // --- forward.cpp
 

@@ -61,11 +61,20 @@ struct BlockWeights {
   LinearWeights<T> c_fc, mlp_proj;     // mlp.c_fc, mlp.c_proj
 };
 
+// How the KV cache stores keys and values. A float32 model may keep them as bf16
+// (kv_cache_dtype="bf16"): half the memory, and half the bytes attention reads per token, for a
+// rounding of every key and value; attention's arithmetic stays float32.
+enum class KVFormat : uint8_t {
+  native,  // the model's dtype
+  bf16,    // uint16: the high half of each float32, rounded to nearest even
+};
+
 // Pointers into the caller's arrays: the engine never copies or frees them.
 template <typename T>
 struct Weights {
   using value_type = T;
   int n_vocab = 0, n_ctx = 0, n_embd = 0, n_head = 0;
+  KVFormat kv_format = KVFormat::native;  // chosen with the model, for every cache it fills
   const T* wte = nullptr;  // [n_vocab, n_embd], also the output projection (tied)
   Packed
       wte_packed{};  // when packed (wte is null); quantized: as the matrix wteᵀ [n_embd, n_vocab]
@@ -78,27 +87,41 @@ struct Weights {
   int d_ff() const { return blocks.empty() ? 0 : blocks[0].c_fc.d_out; }
 };
 
+// One layer's cache as the attention kernels see it: keys and values [n_head][capacity][head_dim],
+// stored in `format`.
+struct KVLayer {
+  void* keys;
+  void* values;
+  int capacity;
+  KVFormat format;
+};
+
 // Keys and values of every position processed so far, laid out [layer][head][position][head_dim]
-// so that one head's keys are contiguous for the dot products of attention.
+// so that one head's keys are contiguous for the dot products of attention; each value in the
+// model's KVFormat.
 template <typename T>
 struct KVCache {
   int n_head = 0, head_dim = 0, capacity = 0;
   int length = 0;  // positions stored
-  std::vector<T> k, v;
+  KVFormat format;
+  std::vector<unsigned char> k, v;  // bytes
 
   KVCache(const Weights<T>& w, int capacity)
       : n_head(w.n_head),
         head_dim(w.head_dim()),
         capacity(capacity),
-        k(layer_size() * w.n_layer()),
-        v(layer_size() * w.n_layer()) {}
+        format(w.kv_format),
+        k(layer_bytes() * w.n_layer()),
+        v(layer_bytes() * w.n_layer()) {}
 
+  static size_t value_size(KVFormat format) { return format == KVFormat::bf16 ? 2 : sizeof(T); }
   static size_t bytes(const Weights<T>& w, int capacity) {
-    return 2 * sizeof(T) * size_t(w.n_layer()) * w.n_embd * capacity;
+    return 2 * value_size(w.kv_format) * size_t(w.n_layer()) * w.n_embd * capacity;
   }
-  size_t layer_size() const { return static_cast<size_t>(n_head) * capacity * head_dim; }
-  T* keys(int layer) { return k.data() + layer * layer_size(); }
-  T* values(int layer) { return v.data() + layer * layer_size(); }
+  size_t layer_bytes() const { return value_size(format) * n_head * capacity * head_dim; }
+  KVLayer layer(int l) {
+    return {k.data() + l * layer_bytes(), v.data() + l * layer_bytes(), capacity, format};
+  }
 };
 
 // n consecutive new positions of one sequence (a whole prompt, a part of one, or one decoded

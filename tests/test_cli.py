@@ -64,9 +64,19 @@ def test_cli_with_a_model_directory(model_dir):
     (["hello", "--top-p", "2"], "top_p must be in"),
     (["hello", "--threads", "0"], "--threads must be >= 1"),
     (["hello", "-n", "-1"], "-n must be >= 0"),
+    (["hello", "--kv-cache-dtype", "bf16"], "--kv-cache-dtype needs --model"),
 ])
 def test_cli_errors_are_one_line(args, message):
     assert message in one_error_line(cli(*args))
+
+
+def test_cli_with_a_bf16_kv_cache(model_dir):
+    expected = GPT2.from_pretrained(model_dir, kv_cache_dtype="bf16").generate("once upon", 20).text
+    result = cli("--model", str(model_dir), "--kv-cache-dtype", "bf16", "once upon", "-n", "20")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected + "\n"
+    bad = cli("--model", str(model_dir), "--kv-cache-dtype", "float16", "x")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 def test_cli_help():

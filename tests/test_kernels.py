@@ -108,6 +108,21 @@ def test_attention(n, n_head, head_dim, seed, dtype):
     close(kernels.attention(qkv, n_head), expected, dtype, scale=4)
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), n_head=st.integers(1, 6), head_dim=st.integers(1, 40), seed=seeds)
+def test_attention_over_a_bf16_cache(n, n_head, head_dim, seed):
+    """Keys and values stored rounded to bf16 (nearest even), attention in float32: the reference
+    on the rounded keys and values."""
+    d = n_head * head_dim
+    qkv = rand(seed, np.float32, n, 3 * d, scale=2)
+    mask = (1 - np.tri(n, dtype=np.float32)) * np.finfo(np.float32).min
+    q, k, v = np.split(qkv, 3, axis=-1)
+    k, v = reference.round_to_bf16(k), reference.round_to_bf16(v)
+    q, k, v = (np.split(part, n_head, axis=-1) for part in (q, k, v))
+    expected = np.hstack([reference.attention(q[h], k[h], v[h], mask) for h in range(n_head)])
+    close(kernels.attention(qkv, n_head, "bf16"), expected, np.float32, scale=4)
+
+
 def test_kernels_refuse_bad_input():
     x = np.zeros((2, 3), np.float32)
     with pytest.raises(TypeError, match="float32 or float64"):
@@ -118,3 +133,5 @@ def test_kernels_refuse_bad_input():
         kernels.linear(x, np.zeros((3, 5), np.float64), np.zeros(5, np.float32))
     with pytest.raises(ValueError, match="n_head"):
         kernels.attention(np.zeros((2, 9), np.float32), 2)
+    with pytest.raises(ValueError, match="kv_cache_dtype='bf16' needs float32 parameters"):
+        kernels.attention(np.zeros((2, 6), np.float64), 2, "bf16")

@@ -211,12 +211,15 @@ def big_params():
     return {dtype: random_params(np.random.default_rng(3), dtype=dtype, **BIG) for dtype in (np.float32, np.float64)}
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_huge_batch_of_full_context_prompts_is_refused_with_the_number(big_params, dtype):
+@pytest.mark.parametrize("dtype, kv_cache_dtype, value_bytes",
+                         [(np.float32, "float32", 4), (np.float64, "float32", 8), (np.float32, "bf16", 2)])
+def test_a_huge_batch_of_full_context_prompts_is_refused_with_the_number(big_params, dtype, kv_cache_dtype,
+                                                                          value_bytes):
     prompt = np.arange(1000) % BIG["n_vocab"]
     batch = 10_000
-    needed = _refused(lambda: gpt2gen.generate([prompt] * batch, big_params[dtype], BIG["n_head"], 24))
-    kv = _kv_bytes(BIG["n_layer"], BIG["n_embd"], np.dtype(dtype).itemsize, [1024] * batch) / GiB
+    needed = _refused(lambda: gpt2gen.generate([prompt] * batch, big_params[dtype], BIG["n_head"], 24,
+                                               kv_cache_dtype=kv_cache_dtype))
+    kv = _kv_bytes(BIG["n_layer"], BIG["n_embd"], value_bytes, [1024] * batch) / GiB
     # The KV cache plus activations and sampler state, which are a few percent here.
     assert kv <= needed <= 1.05 * kv, (needed, kv)
     assert _core.live_sequences() == 0

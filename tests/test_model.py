@@ -74,11 +74,45 @@ def test_greedy_generation_matches_reference(config, dtype):
         prompt, params, n_head, n_new)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kv_cache_equals_full_recompute_at_every_step(dtype):
+@pytest.mark.parametrize("backend", gpt2gen.supported_backends())
+@pytest.mark.parametrize("config", CONFIGS[1:5])
+def test_bf16_kv_cache_matches_reference_with_rounded_keys_and_values(config, backend):
+    """The engine's bf16 cache against the reference rounding its keys and values the same way.
+    A key computed a float32 rounding error away from the reference's can round to the
+    neighbouring bf16 (a 2^-8 relative step), so past the first layers a few logits differ by
+    more than the float32 parity tolerance: the engine must be an order of magnitude closer to
+    the rounded reference than the rounding itself moves the logits (the kernel alone, on the
+    same keys and values, is held to the float32 tolerance: test_kernels.py)."""
+    n_layer, n_embd, n_head, n_vocab, n_ctx = config
+    rng = np.random.default_rng(21 + sum(config))
+    shape = dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_vocab=n_vocab, n_ctx=n_ctx)
+    params = random_params(rng, **shape)
+    peaked = random_params(rng, **shape, scale=0.5)  # greedy: near-ties unlikely
+    ids = rng.integers(0, n_vocab, n_ctx - 1)
+    prompt = list(ids[:3])
+    n_new = min(40, n_ctx - len(prompt))
+    previous = gpt2gen.backend()
+    gpt2gen.set_backend(backend)
+    try:
+        logits = gpt2gen.forward(ids, params, n_head, kv_cache_dtype="bf16")
+        unrounded = gpt2gen.forward(ids, params, n_head)
+        tokens = gpt2gen.generate(prompt, peaked, n_head, n_new, kv_cache_dtype="bf16")
+    finally:
+        gpt2gen.set_backend(previous)
+    expected = reference.gpt2(ids, **params, n_head=n_head, kv_cache_dtype="bf16")
+    rounding = np.abs(reference.gpt2(ids, **params, n_head=n_head) - expected)
+    error = np.abs(logits - expected)
+    assert error.mean() <= 0.15 * rounding.mean() and error.max() <= 0.25 * rounding.max()
+    assert not np.array_equal(logits, unrounded)  # the cache really is rounded
+    assert tokens == reference.generate(prompt, peaked, n_head, n_new, kv_cache_dtype="bf16")
+
+
+@pytest.mark.parametrize("dtype, kv_cache_dtype",
+                         [(np.float32, "float32"), (np.float64, "float32"), (np.float32, "bf16")])
+def test_kv_cache_equals_full_recompute_at_every_step(dtype, kv_cache_dtype):
     rng = np.random.default_rng(11)
     params = random_params(rng, n_layer=3, n_embd=48, n_head=4, n_vocab=257, n_ctx=80, dtype=dtype)
-    model = _core.Model(params, 4)
+    model = _core.Model(params, 4, kv_cache_dtype)
     sequence = list(rng.integers(0, 257, 5))
     cached = _testing.cached_decode_logits(model, sequence, 60, chunk_rows=2)
     for step_logits in cached:
@@ -88,19 +122,22 @@ def test_kv_cache_equals_full_recompute_at_every_step(dtype):
         sequence.append(int(np.argmax(full)))
     assert len(sequence) == 65
     # And the engine's greedy generation follows exactly these logits.
-    assert gpt2gen.generate(sequence[:5], params, 4, 60) == sequence[5:]
+    assert gpt2gen.generate(sequence[:5], params, 4, 60, kv_cache_dtype=kv_cache_dtype) == sequence[5:]
 
 
-def test_results_do_not_depend_on_thread_count():
+@pytest.mark.parametrize("kv_cache_dtype", ["float32", "bf16"])
+def test_results_do_not_depend_on_thread_count(kv_cache_dtype):
     rng = np.random.default_rng(13)
     params = random_params(rng, n_layer=2, n_embd=64, n_head=4, n_vocab=999, n_ctx=128)
     ids = rng.integers(0, 999, 100)
+    kv = dict(kv_cache_dtype=kv_cache_dtype)
     before = gpt2gen.num_threads()
     try:
         results = []
         for threads in (1, 2, 3):
             gpt2gen.set_num_threads(threads)
-            results.append((gpt2gen.forward(ids, params, 4), gpt2gen.generate(ids[:5], params, 4, 20)))
+            results.append((gpt2gen.forward(ids, params, 4, **kv),
+                            gpt2gen.generate(ids[:5], params, 4, 20, **kv)))
     finally:
         gpt2gen.set_num_threads(before)
     for logits, tokens in results[1:]:
@@ -143,3 +180,26 @@ def test_prompt_filling_the_context_exactly():
 def test_zero_tokens_to_generate():
     params = random_params(np.random.default_rng(17), n_layer=1, n_embd=8, n_head=2)
     assert gpt2gen.generate([1, 2], params, 2, 0) == []
+
+
+def test_kv_cache_dtype_is_checked():
+    rng = np.random.default_rng(17)
+    params = random_params(rng, n_layer=1, n_embd=16, n_head=2, n_vocab=50, n_ctx=20)
+    params64 = random_params(rng, n_layer=1, n_embd=16, n_head=2, n_vocab=50, n_ctx=20,
+                             dtype=np.float64)
+    assert _core.Model(params, 2).kv_cache_dtype == "float32"
+    assert _core.Model(params, 2, "bf16").kv_cache_dtype == "bf16"
+    assert _core.Model(params64, 2).kv_cache_dtype == "float64"  # float64 keeps float64
+    for bad in ("float16", "BF16", ""):
+        with pytest.raises(ValueError, match=f"kv_cache_dtype must be 'float32' or 'bf16', got '{bad}'"):
+            gpt2gen.generate([1], params, 2, 1, kv_cache_dtype=bad)
+    with pytest.raises(TypeError, match="kv_cache_dtype must be a str"):
+        gpt2gen.forward([1], params, 2, kv_cache_dtype=np.float32)
+    with pytest.raises(ValueError, match="kv_cache_dtype='bf16' needs float32 parameters; this "
+                                         "model's are float64"):
+        gpt2gen.generate([1], params64, 2, 1, kv_cache_dtype="bf16")
+    packed = gpt2gen.pack_params(params, "int8")  # packed float32 weights take a bf16 cache
+    ids = rng.integers(0, 50, 19)
+    expected = reference.gpt2(ids, **gpt2gen.unpack_params(packed), n_head=2, kv_cache_dtype="bf16")
+    np.testing.assert_allclose(gpt2gen.forward(ids, packed, 2, kv_cache_dtype="bf16"), expected,
+                               rtol=1e-4, atol=1e-4 * np.abs(expected).max())

@@ -195,9 +195,10 @@ def test_a_full_queue_is_a_typed_refusal(model_dir):
     asyncio.run(main())
 
 
-def test_memory_refusal_and_waiting_for_memory(model_dir):
-    model = GPT2.from_pretrained(model_dir)
-    per_position = 2 * 4 * 2 * 32  # keys and values, float32, 2 layers, n_embd 32
+@pytest.mark.parametrize("kv_cache_dtype, value_bytes", [("float32", 4), ("bf16", 2)])
+def test_memory_refusal_and_waiting_for_memory(model_dir, kv_cache_dtype, value_bytes):
+    model = GPT2.from_pretrained(model_dir, kv_cache_dtype=kv_cache_dtype)
+    per_position = 2 * value_bytes * 2 * 32  # keys and values, 2 layers, n_embd 32
     budget = per_position * 250 + 400 * 32  # one 250-position sequence and its sampler state
     scheduler = _core.Scheduler(model.engine, max_batch=4, kv_bytes=budget)
     from gpt2gen.options import generation_options
@@ -279,10 +280,13 @@ def test_bad_limits_are_refused(model_dir):
         GPT2.from_pretrained(model_dir, step_tokens=0)
 
 
-@pytest.mark.parametrize("fmt", ["float32", "float64", "bf16", "int8"])
-def test_every_backend_and_format_is_batch_and_chunk_invariant(fmt, every_backend):
+@pytest.mark.parametrize("fmt, kv_cache_dtype", [
+    ("float32", "float32"), ("float64", "float32"), ("bf16", "float32"), ("int8", "float32"),
+    ("float32", "bf16"), ("int8", "bf16")])
+def test_every_backend_and_format_is_batch_and_chunk_invariant(fmt, kv_cache_dtype, every_backend):
     """Through the scheduler with a tiny step budget (prompts split into chunks of 1-3 positions,
-    beside other sequences' decode rows) every request equals itself run alone."""
+    beside other sequences' decode rows) every request equals itself run alone, with either KV
+    cache."""
     import engine_requests
     from gpt2gen.options import generation_options
     from gpt2gen.packing import pack_params
@@ -293,7 +297,7 @@ def test_every_backend_and_format_is_batch_and_chunk_invariant(fmt, every_backen
                            n_ctx=96, dtype=dtype)
     if fmt in ("bf16", "int8"):
         params = pack_params(params, fmt)
-    model = _core.Model(params, 4)
+    model = _core.Model(params, 4, kv_cache_dtype)
     rng = np.random.default_rng(1)
     prompts = [list(rng.integers(0, 300, n)) for n in (1, 20, 33, 7)]
     options = generation_options(16, temperature=0.9, top_k=50, logprobs=5)

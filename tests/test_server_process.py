@@ -56,7 +56,7 @@ def test_the_entry_point_has_serve():
         pytest.skip("the gpt2gen entry point is not installed")
     result = subprocess.run([entry, "serve", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for flag in ("--model", "--host", "--port", "--dtype", "--api-key", "--max-batch", "--max-queue",
+    for flag in ("--model", "--host", "--port", "--dtype", "--kv-cache-dtype", "--api-key", "--max-batch", "--max-queue",
                  "--threads", "--served-model-name", "--cors-origins", "--chat-template"):
         assert flag in result.stdout
 
@@ -93,8 +93,9 @@ def test_a_port_in_use_is_an_error(model_dir):
 
 
 def test_bad_arguments_are_usage_errors():
-    result = run_cli("serve", "--model", "x", "--dtype", "float16")
-    assert result.returncode == 2 and "invalid choice" in result.stderr
+    for flag in ("--dtype", "--kv-cache-dtype"):
+        result = run_cli("serve", "--model", "x", flag, "float16")
+        assert result.returncode == 2 and "invalid choice" in result.stderr
     assert run_cli("serve").returncode == 2  # --model is required
 
 

@@ -528,11 +528,11 @@ void BM_attention(benchmark::State& state) {
   std::vector<float> keys = random_vec(size_t(kHead) * capacity * hd, 13, 2.0f);
   std::vector<float> values = random_vec(keys.size(), 14);
   std::vector<float> scores(size_t(kHead) * capacity), out(size_t(n) * kEmbd);
+  const KVLayer cache{keys.data(), values.data(), capacity, KVFormat::native};
   // The new rows' keys and values go into the cache first (timed too, as in the forward pass).
   auto attention = [&] {
-    K().kv_cache_append(qkv.data(), n, kEmbd, kHead, pos0, keys.data(), values.data(), capacity);
-    K().causal_attention(qkv.data(), n, kEmbd, kHead, pos0, keys.data(), values.data(), capacity,
-                         scores.data(), out.data());
+    K().kv_cache_append(qkv.data(), n, kEmbd, kHead, pos0, cache);
+    K().causal_attention(qkv.data(), n, kEmbd, kHead, pos0, cache, scores.data(), out.data());
   };
   attention();
   check("attention", out.data(), attention_ref(qkv, n, pos0, keys, values, capacity));
@@ -544,6 +544,60 @@ void BM_attention(benchmark::State& state) {
   double pairs = 0;
   for (int i = 0; i < n; ++i) pairs += pos0 + i + 1;
   set_counters(state, n == 1 ? 2.0 * ctx * kEmbd * 4 : 0, 2.0 * 2.0 * pairs * kEmbd);
+}
+
+// One decode step's attention over every layer's cache (12 layers of [head][ctx][head_dim] keys
+// and values, 75 MB at ctx 1024 in float32: memory-bound, as in the model, where the last
+// layer's cache is long evicted when the first layer's is read again). range(0) = context after
+// the step, range(1) = the cache's format (0 float32, 1 bf16). GB/s counts the cache's bytes.
+void BM_attention_layers(benchmark::State& state) {
+  const int ctx = int(state.range(0)), pos0 = ctx - 1, hd = kEmbd / kHead;
+  const bool bf16 = state.range(1) == 1;
+  const size_t values_per_layer = size_t(kHead) * ctx * hd, value_bytes = bf16 ? 2 : 4;
+  std::vector<float> qkv = random_vec(size_t(3) * kEmbd, 12, 2.0f);
+  std::vector<std::vector<float>> keys, values;  // as floats (bf16: rounded first)
+  std::vector<std::vector<unsigned char>> stored_k, stored_v;
+  for (int l = 0; l < kLayer; ++l) {
+    keys.push_back(random_vec(values_per_layer, 13 + 2 * l, 2.0f));
+    values.push_back(random_vec(values_per_layer, 14 + 2 * l));
+    for (auto* a : {&keys.back(), &values.back()}) {
+      std::vector<unsigned char> bytes(values_per_layer * value_bytes);
+      for (size_t i = 0; i < values_per_layer; ++i) {
+        if (bf16) {
+          const uint16_t b = to_bf16((*a)[i]);
+          (*a)[i] = from_bf16(b);
+          std::memcpy(&bytes[2 * i], &b, 2);
+        } else {
+          std::memcpy(&bytes[4 * i], &(*a)[i], 4);
+        }
+      }
+      (a == &keys.back() ? stored_k : stored_v).push_back(std::move(bytes));
+    }
+  }
+  const KVFormat format = bf16 ? KVFormat::bf16 : KVFormat::native;
+  std::vector<float> scores(size_t(kHead) * ctx), out(kEmbd);
+  auto layer = [&](int l) {
+    const KVLayer cache{stored_k[l].data(), stored_v[l].data(), ctx, format};
+    K().kv_cache_append(qkv.data(), 1, kEmbd, kHead, pos0, cache);
+    K().causal_attention(qkv.data(), 1, kEmbd, kHead, pos0, cache, scores.data(), out.data());
+  };
+  layer(0);
+  // The new position's key and value, as stored, complete the reference's cache.
+  for (int h = 0; h < kHead; ++h)
+    for (int j = 0; j < hd; ++j) {
+      const size_t at = (size_t(h) * ctx + pos0) * hd + j;
+      const float k = qkv[kEmbd + h * hd + j], v = qkv[2 * kEmbd + h * hd + j];
+      keys[0][at] = bf16 ? from_bf16(to_bf16(k)) : k;
+      values[0][at] = bf16 ? from_bf16(to_bf16(v)) : v;
+    }
+  check("attention (layers)", out.data(), attention_ref(qkv, 1, pos0, keys[0], values[0], ctx));
+  for (auto _ : state) {
+    for (int l = 0; l < kLayer; ++l) layer(l);
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_counters(state, 2.0 * kLayer * values_per_layer * value_bytes,
+               2.0 * 2.0 * kLayer * ctx * kEmbd);
+  state.SetLabel(bf16 ? "bf16 cache" : "float32 cache");
 }
 
 // --- one full decode step ---------------------------------------------------------------------
@@ -590,32 +644,35 @@ Model124M& model124m() {
 void BM_forward_decode(benchmark::State& state) {
   const int ctx = int(state.range(0));
   Model124M& m = model124m();
+  Weights<float> w = m.w;  // range(1): the KV cache's format (0 float32, 1 bf16)
+  w.kv_format = state.range(1) == 1 ? KVFormat::bf16 : KVFormat::native;
   std::vector<int32_t> ids(ctx + 1);
   for (int i = 0; i <= ctx; ++i) ids[i] = (i * 104729 + 17) % kVocab;
   // The decode step after a prefill of ctx tokens must equal the last row of one forward over all
   // ctx + 1 tokens, bit for bit.
-  KVCache<float> cache(m.w, ctx + 1);
-  Workspace<float> ws(m.w, ctx + 1, ctx + 1);
+  KVCache<float> cache(w, ctx + 1);
+  Workspace<float> ws(w, ctx + 1, ctx + 1);
   std::vector<float> step(kVocab), all(size_t(ctx + 1) * kVocab);
   Chunk<float> prefill{&cache, ids.data(), ctx}, next{&cache, ids.data() + ctx, 1};
   const int last = ctx - 1, first = 0;
-  forward_pass(m.w, &prefill, 1, ws, &last, 1, step.data());
-  forward_pass(m.w, &next, 1, ws, &first, 1, step.data());
-  KVCache<float> cache_all(m.w, ctx + 1);
+  forward_pass(w, &prefill, 1, ws, &last, 1, step.data());
+  forward_pass(w, &next, 1, ws, &first, 1, step.data());
+  KVCache<float> cache_all(w, ctx + 1);
   Chunk<float> whole{&cache_all, ids.data(), ctx + 1};
   std::vector<int> all_rows(ctx + 1);
   for (int i = 0; i <= ctx; ++i) all_rows[i] = i;
-  forward_pass(m.w, &whole, 1, ws, all_rows.data(), ctx + 1, all.data());
+  forward_pass(w, &whole, 1, ws, all_rows.data(), ctx + 1, all.data());
   for (int v = 0; v < kVocab; ++v)
     if (step[v] != all[size_t(ctx) * kVocab + v])
       fail("forward: the decode step differs from the same position in a full forward");
   for (auto _ : state) {
     cache.length = ctx;
-    forward_pass(m.w, &next, 1, ws, &first, 1, step.data());
+    forward_pass(w, &next, 1, ws, &first, 1, step.data());
     benchmark::DoNotOptimize(step.data());
   }
   set_counters(state, m.weight_bytes(), 0);
   state.counters["tok/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(state.range(1) == 1 ? "bf16 cache" : "float32 cache");
 }
 
 void BM_forward_prefill(benchmark::State& state) {
@@ -680,9 +737,13 @@ BENCHMARK(BM_attention)
     ->Args({1024, 1024})
     ->ArgNames({"ctx", "n"})
     ->UseRealTime();
+BENCHMARK(BM_attention_layers)
+    ->ArgsProduct({{32, 256, 1024}, {0, 1}})
+    ->ArgNames({"ctx", "kv"})
+    ->UseRealTime();
 BENCHMARK(BM_forward_decode)
-    ->Arg(128)
-    ->ArgName("ctx")
+    ->ArgsProduct({{32, 128, 256, 1023}, {0, 1}})  // wpe has positions 0 .. 1023
+    ->ArgNames({"ctx", "kv"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_forward_prefill)->Arg(128)->ArgName("n")->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -16,6 +16,20 @@ bool is_mapping(py::handle obj) {
   return py::isinstance(obj, py::module_::import("collections.abc").attr("Mapping"));
 }
 
+KVFormat kv_format(py::handle kv_cache_dtype, const std::string& model_dtype) {
+  if (!py::isinstance<py::str>(kv_cache_dtype))
+    throw py::type_error("kv_cache_dtype must be a str, 'float32' or 'bf16', got " +
+                         std::string(py::str(py::type::handle_of(kv_cache_dtype))));
+  const std::string name = py::str(kv_cache_dtype);
+  if (name == "float32") return KVFormat::native;
+  if (name != "bf16")
+    throw py::value_error("kv_cache_dtype must be 'float32' or 'bf16', got '" + name + "'");
+  if (model_dtype != "float32")
+    throw py::value_error("kv_cache_dtype='bf16' needs float32 parameters; this model's are " +
+                          model_dtype + " (its KV cache stays " + model_dtype + ")");
+  return KVFormat::bf16;
+}
+
 std::vector<int32_t> token_ids(py::handle obj, int n_vocab, const std::string& what) {
   py::array arr = py::array::ensure(obj);
   if (!arr) throw py::type_error(what + " must be a sequence of integer token ids");

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "model.hpp"
+
 namespace gpt2gen::bindings {
 
 namespace py = pybind11;
@@ -28,6 +30,10 @@ auto dispatch_array(py::handle x, F&& f) {
   if (py::isinstance<py::array_t<double>>(x)) return f(double{});
   throw py::type_error("expected a float32 or float64 array");
 }
+
+// The KV cache format asked for by kv_cache_dtype ("float32": the model's dtype, "bf16": float32
+// models only) for a model of dtype model_dtype; ValueError/TypeError naming kv_cache_dtype.
+KVFormat kv_format(py::handle kv_cache_dtype, const std::string& model_dtype);
 
 // Token ids from any 1-D sequence of integers, range-checked against the vocabulary.
 std::vector<int32_t> token_ids(py::handle obj, int n_vocab, const std::string& what);

@@ -229,7 +229,10 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Model>(m, "Model",
                     "GPT-2 over the caller's parameter arrays (picoGPT layout), read in place.")
-      .def(py::init<py::object, py::object>(), py::arg("params"), py::arg("n_head"))
+      .def(py::init<py::object, py::object, py::object>(), py::arg("params"), py::arg("n_head"),
+           py::arg("kv_cache_dtype") = "float32",
+           "kv_cache_dtype: 'float32' (the parameters' dtype) or 'bf16' (float32 models: keys "
+           "and values stored rounded to bf16, half the cache's memory)")
       .def("forward", &model_forward, py::arg("inputs"),
            "Logits [len(inputs), n_vocab] of every position.")
       .def("score", &model_score, py::arg("inputs"),
@@ -237,6 +240,7 @@ PYBIND11_MODULE(_core, m) {
       .def("addresses", &Model::addresses,
            "The address of every parameter array the engine reads, by key path.")
       .def_property_readonly("dtype", &Model::dtype)
+      .def_property_readonly("kv_cache_dtype", &Model::kv_cache_dtype)
       .def_property_readonly(
           "n_vocab",
           [](const Model& m) { return m.visit([](const auto& w) { return w.n_vocab; }); })
@@ -306,6 +310,9 @@ PYBIND11_MODULE(_core, m) {
         SchedulerLimits{max_batch, max_queue, step_tokens, kv_bytes}.validate();
       },
       py::arg("max_batch"), py::arg("max_queue"), py::arg("step_tokens"), py::arg("kv_bytes"));
+  m.def(
+      "check_kv_cache_dtype", [](py::handle kv_cache_dtype) { kv_format(kv_cache_dtype, "float32"); },
+      py::arg("kv_cache_dtype"), "Refuses a kv_cache_dtype that no model takes.");
   m.def("live_sequences", &live_sequences,
         "Sequences whose state (KV cache, sampler) is currently allocated, in every scheduler.");
   m.def(

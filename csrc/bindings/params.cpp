@@ -223,7 +223,7 @@ Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
 
 }  // namespace
 
-Model::Model(py::object params, py::object n_head_obj) {
+Model::Model(py::object params, py::object n_head_obj, py::object kv_cache_dtype) {
   if (!py::isinstance<py::int_>(n_head_obj) || py::isinstance<py::bool_>(n_head_obj))
     throw py::type_error("n_head must be an int");
   if (n_head_obj < py::int_(1) || n_head_obj > py::int_(std::numeric_limits<int32_t>::max()))
@@ -235,17 +235,17 @@ Model::Model(py::object params, py::object n_head_obj) {
   py::object wte = py::none();
   if (params.contains("wte")) wte = params["wte"];
   if (is_mapping(wte))  // packed (bf16 / int8) weights belong to float32 models
-    init<float>(params, static_cast<int>(n_head));
+    init<float>(params, static_cast<int>(n_head), kv_cache_dtype);
   else if (py::isinstance<py::array_t<float>>(wte))
-    init<float>(params, static_cast<int>(n_head));
+    init<float>(params, static_cast<int>(n_head), kv_cache_dtype);
   else if (py::isinstance<py::array_t<double>>(wte))
-    init<double>(params, static_cast<int>(n_head));
+    init<double>(params, static_cast<int>(n_head), kv_cache_dtype);
   else if (py::isinstance<py::array>(wte))
     throw py::type_error("params 'wte' has dtype " + std::string(py::str(py::array(wte).dtype())) +
                          "; gpt2gen reads float32 or float64 parameters in place, convert "
                          "them once (e.g. arr.astype(np.float32))");
   else
-    init<float>(params, static_cast<int>(n_head));  // reports the missing/non-array 'wte'
+    init<float>(params, static_cast<int>(n_head), kv_cache_dtype);  // reports the missing/non-array 'wte'
 }
 
 py::dict Model::addresses() const {
@@ -258,10 +258,17 @@ std::string Model::dtype() const {
   return std::holds_alternative<Weights<float>>(weights_) ? "float32" : "float64";
 }
 
+std::string Model::kv_cache_dtype() const {
+  return visit([&](const auto& w) { return w.kv_format == KVFormat::bf16 ? "bf16" : dtype(); });
+}
+
 template <typename T>
-void Model::init(py::handle params, int n_head) {
+void Model::init(py::handle params, int n_head, py::handle kv_cache_dtype) {
+  const KVFormat format = kv_format(kv_cache_dtype, dtype_name<T>());  // before reading anything
   ParamReader<T> reader;
-  weights_ = read_weights<T>(params, n_head, reader);
+  Weights<T> w = read_weights<T>(params, n_head, reader);
+  w.kv_format = format;
+  weights_ = std::move(w);
   arrays_ = reader.arrays;
   addresses_ = reader.addresses;
 }

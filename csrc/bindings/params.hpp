@@ -19,7 +19,7 @@ namespace py = pybind11;
 // A GPT-2 whose weights are views of the caller's arrays, which it keeps alive.
 class Model {
  public:
-  Model(py::object params, py::object n_head);
+  Model(py::object params, py::object n_head, py::object kv_cache_dtype);
 
   template <typename F>
   auto visit(F&& f) const {
@@ -27,10 +27,11 @@ class Model {
   }
   py::dict addresses() const;
   std::string dtype() const;
+  std::string kv_cache_dtype() const;  // float32, float64 or bf16
 
  private:
   template <typename T>
-  void init(py::handle params, int n_head);
+  void init(py::handle params, int n_head, py::handle kv_cache_dtype);
 
   std::variant<Weights<float>, Weights<double>> weights_;
   py::list arrays_;

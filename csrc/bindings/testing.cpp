@@ -145,24 +145,30 @@ void bind_kernels(py::module_& m) {
       return out;
     });
   });
-  m.def("attention", [](py::handle qkv_obj, int n_head) {
-    return dispatch_array(qkv_obj, [&](auto t) -> py::object {
-      using T = decltype(t);
-      auto qkv = as_array<T>(qkv_obj, "qkv", 2);
-      const int n = qkv.shape(0), d = qkv.shape(1) / 3;
-      require(n > 0 && n_head > 0 && qkv.shape(1) == 3 * d && d % n_head == 0,
-              "qkv must be [n, 3 * n_embd] with n_head dividing n_embd");
-      py::array_t<T> out({n, d});
-      T* o = out.mutable_data();
-      py::gil_scoped_release release;
-      std::vector<T> keys(size_t(n) * d), values(keys.size()), scores(size_t(n_head) * n);
-      const Kernels<T>& k = backend().kernels<T>();
-      k.kv_cache_append(qkv.data(), n, d, n_head, 0, keys.data(), values.data(), n);
-      k.causal_attention(qkv.data(), n, d, n_head, 0, keys.data(), values.data(), n, scores.data(),
-                         o);
-      return out;
-    });
-  });
+  m.def(
+      "attention",
+      [](py::handle qkv_obj, int n_head, py::handle kv_cache_dtype) {
+        return dispatch_array(qkv_obj, [&](auto t) -> py::object {
+          using T = decltype(t);
+          auto qkv = as_array<T>(qkv_obj, "qkv", 2);
+          const int n = qkv.shape(0), d = qkv.shape(1) / 3;
+          require(n > 0 && n_head > 0 && qkv.shape(1) == 3 * d && d % n_head == 0,
+                  "qkv must be [n, 3 * n_embd] with n_head dividing n_embd");
+          const KVFormat format = kv_format(kv_cache_dtype, dtype_name<T>());
+          py::array_t<T> out({n, d});
+          T* o = out.mutable_data();
+          py::gil_scoped_release release;
+          const size_t bytes = size_t(n) * d * (format == KVFormat::bf16 ? 2 : sizeof(T));
+          std::vector<unsigned char> keys(bytes), values(bytes);
+          std::vector<T> scores(size_t(n_head) * n);
+          const KVLayer cache{keys.data(), values.data(), n, format};
+          const Kernels<T>& k = backend().kernels<T>();
+          k.kv_cache_append(qkv.data(), n, d, n_head, 0, cache);
+          k.causal_attention(qkv.data(), n, d, n_head, 0, cache, scores.data(), o);
+          return out;
+        });
+      },
+      py::arg("qkv"), py::arg("n_head"), py::arg("kv_cache_dtype") = "float32");
 }
 
 // Greedy decoding through forward_pass with a KV cache, as the scheduler runs it: the logits

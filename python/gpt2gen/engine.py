@@ -34,9 +34,14 @@ class CancelToken:
         return self._event.is_set()
 
 
-def forward(inputs: TokenIds, params: dict, n_head: int) -> np.ndarray:
-    """Logits ``[len(inputs), n_vocab]`` of every position, in the parameters' dtype."""
-    return _core.Model(params, n_head).forward(inputs)
+def forward(inputs: TokenIds, params: dict, n_head: int, *,
+            kv_cache_dtype: str = "float32") -> np.ndarray:
+    """Logits ``[len(inputs), n_vocab]`` of every position, in the parameters' dtype.
+
+    ``kv_cache_dtype="bf16"`` (float32 parameters) computes them as generation with a bf16 KV
+    cache does: every key and value rounded to bf16 before attention reads it.
+    """
+    return _core.Model(params, n_head, kv_cache_dtype).forward(inputs)
 
 
 def generate(
@@ -58,6 +63,7 @@ def generate(
     context_overflow: str = "error",
     on_token: Optional[Callable] = None,
     cancel: Optional[CancelToken] = None,
+    kv_cache_dtype: str = "float32",
 ) -> Union[list[int], list[list[int]]]:
     """Generates with a KV cache; returns only the new token ids (as picoGPT).
 
@@ -72,6 +78,11 @@ def generate(
     id)`` for a batch), if given, is called per token and stops that sequence by returning
     ``False``; ``cancel`` (a ``CancelToken``) stops the generation from another thread, and
     Ctrl-C interrupts it; either way its memory is freed at once.
+
+    ``kv_cache_dtype="bf16"`` (float32 parameters only) stores the KV cache's keys and values
+    rounded to bf16: half its memory and half the bytes attention reads per token, for a small
+    accuracy cost (README, "Accuracy"); attention still computes in float32. The default
+    ``"float32"`` keeps them as computed (float64 for float64 parameters).
     """
     batch = is_batch(inputs)
     prompts = list(inputs) if batch else [inputs]
@@ -84,7 +95,7 @@ def generate(
         context_overflow=context_overflow, max_new_tokens_name="n_tokens_to_generate")
     if cancel is not None and not isinstance(cancel, CancelToken):
         raise TypeError("cancel must be a gpt2gen.CancelToken")
-    model = _core.Model(params, n_head)
+    model = _core.Model(params, n_head, kv_cache_dtype)
     # The batch is generated together: a scheduler of its own, as wide as the batch, which
     # refuses a batch that would not fit in memory at once.
     n = len(prompts)

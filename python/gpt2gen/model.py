@@ -32,27 +32,37 @@ class GPT2:
 
     A ``GPT2`` may be shared by threads: their generations join one running batch.
     ``max_batch`` sequences decode together; ``step_tokens`` bounds the positions of one forward
-    pass (decode rows plus chunks of new prompts).
+    pass (decode rows plus chunks of new prompts). ``kv_cache_dtype="bf16"`` (float32 weights,
+    packed or not) keeps the KV cache's keys and values as bf16: half the cache's memory and
+    half the bytes attention reads per token at long contexts, for a small accuracy cost (README,
+    "Accuracy"); the default ``"float32"`` keeps them as computed.
     """
 
     def __init__(self, encoder, hparams: dict, params: dict, *, max_batch: int = 16,
-                 max_queue: int = 256, step_tokens: int = 256):
+                 max_queue: int = 256, step_tokens: int = 256, kv_cache_dtype: str = "float32"):
         self.encoder = encoder
         self.hparams = hparams
         self.params = params
-        self.engine = _core.Model(params, hparams["n_head"])
+        self.engine = _core.Model(params, hparams["n_head"], kv_cache_dtype)
         self.eos_token_id = getattr(encoder, "eos_token_id", None)
         self.scheduler = SchedulerHost(self.engine, max_batch=max_batch, max_queue=max_queue,
                                        step_tokens=step_tokens)
 
     @classmethod
     def from_pretrained(cls, name_or_path, models_dir=None, *, max_batch: int = 16,
-                        max_queue: int = 256, step_tokens: int = 256, **load_options) -> GPT2:
-        """A model name (``gpt2`` ... ``gpt2-xl``, ``124M`` ... ``1558M``) or a local directory."""
+                        max_queue: int = 256, step_tokens: int = 256,
+                        kv_cache_dtype: str = "float32", **load_options) -> GPT2:
+        """A model name (``gpt2`` ... ``gpt2-xl``, ``124M`` ... ``1558M``) or a local directory.
+
+        ``load_options`` go to ``load_pretrained`` (``dtype``, ``allow_pickle``); the others to
+        ``GPT2(...)``.
+        """
         from .checkpoint import load_pretrained
 
+        _core.check_kv_cache_dtype(kv_cache_dtype)  # refused before anything is read
         return cls(*load_pretrained(name_or_path, models_dir, **load_options),
-                   max_batch=max_batch, max_queue=max_queue, step_tokens=step_tokens)
+                   max_batch=max_batch, max_queue=max_queue, step_tokens=step_tokens,
+                   kv_cache_dtype=kv_cache_dtype)
 
     @classmethod
     def exercise(cls) -> GPT2:

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from .packing import bf16_to_float, float_to_bf16
+
 
 def gelu(x):
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
@@ -39,31 +41,42 @@ def attention(q, k, v, mask):  # [n_q, d_k], [n_k, d_k], [n_k, d_v], [n_q, n_k] 
     return softmax(q @ k.T / math.sqrt(q.shape[-1]) + mask) @ v
 
 
-def mha(x, c_attn, c_proj, n_head):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def round_to_bf16(x):  # float32 -> the nearest bf16 value (ties to even), as float32
+    return bf16_to_float(float_to_bf16(x)).reshape(x.shape)
+
+
+def mha(x, c_attn, c_proj, n_head, kv_cache_dtype="float32"):  # [n_seq, n_embd] -> [n_seq, n_embd]
     x = linear(x, **c_attn)  # [n_seq, 3 * n_embd]
-    qkv_heads = [np.split(part, n_head, axis=-1) for part in np.split(x, 3, axis=-1)]
+    q, k, v = np.split(x, 3, axis=-1)
+    if kv_cache_dtype == "bf16":  # the keys and values as a bf16 KV cache stores them
+        k, v = round_to_bf16(k), round_to_bf16(v)
+    qkv_heads = [np.split(part, n_head, axis=-1) for part in (q, k, v)]
     causal_mask = (1 - np.tri(x.shape[0], dtype=x.dtype)) * np.finfo(x.dtype).min
     out_heads = [attention(q, k, v, causal_mask) for q, k, v in zip(*qkv_heads)]
     return linear(np.hstack(out_heads), **c_proj)
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head):  # pre-LN, as GPT-2
-    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head)
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv_cache_dtype="float32"):  # pre-LN
+    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, kv_cache_dtype=kv_cache_dtype)
     x = x + ffn(layer_norm(x, **ln_2), **mlp)
     return x
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [n_seq] -> [n_seq, n_vocab]
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache_dtype="float32"):  # [n_seq] -> [n_seq, n_vocab]
     x = wte[inputs] + wpe[range(len(inputs))]
     for block in blocks:
-        x = transformer_block(x, **block, n_head=n_head)
+        x = transformer_block(x, **block, n_head=n_head, kv_cache_dtype=kv_cache_dtype)
     return layer_norm(x, **ln_f) @ wte.T
 
 
-def generate(inputs, params, n_head, n_tokens_to_generate):
-    """Greedy decoding by full recomputation; returns only the new token ids."""
+def generate(inputs, params, n_head, n_tokens_to_generate, kv_cache_dtype="float32"):
+    """Greedy decoding by full recomputation; returns only the new token ids.
+
+    ``kv_cache_dtype="bf16"`` (float32 parameters): every key and value rounded to bf16 before
+    attention reads it, as the engine's bf16 KV cache stores them.
+    """
     inputs = list(inputs)
     for _ in range(n_tokens_to_generate):
-        logits = gpt2(inputs, **params, n_head=n_head)
+        logits = gpt2(inputs, **params, n_head=n_head, kv_cache_dtype=kv_cache_dtype)
         inputs.append(int(np.argmax(logits[-1])))
     return inputs[len(inputs) - n_tokens_to_generate :]

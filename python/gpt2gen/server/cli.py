@@ -36,6 +36,9 @@ def parse_args(argv):
     m.add_argument("--models-dir", help="where downloaded models are kept (default: the Hugging Face cache)")
     m.add_argument("--dtype", choices=["float32", *FORMATS], default="float32",
                    help="weights as stored (float32, default) or packed once to bf16 / int8 / int4")
+    m.add_argument("--kv-cache-dtype", choices=["float32", "bf16"], default="float32",
+                   help="the KV cache's keys and values as computed (float32, default) or rounded to bf16: "
+                   "half the cache's memory, faster long contexts, slightly less accurate")
     m.add_argument("--allow-pickle", action="store_true",
                    help="allow loading a pickled pytorch_model.bin (can run code: trusted files only)")
     m.add_argument("--served-model-name", metavar="NAME",
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
 
     def load():
         return gpt2gen.GPT2.from_pretrained(args.model, args.models_dir, allow_pickle=args.allow_pickle,
-                                            dtype=args.dtype)
+                                            dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype)
 
     def on_load_error(error):
         failures.append(error)
