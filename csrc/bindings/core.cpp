@@ -15,6 +15,7 @@
 #include "generation.hpp"
 #include "params.hpp"
 #include "scheduler.hpp"
+#include "thread_governor.hpp"
 #include "whole_sequence.hpp"
 
 namespace gpt2gen::bindings {
@@ -327,4 +328,9 @@ PYBIND11_MODULE(_core, m) {
         set_num_threads(n);
       },
       py::arg("n"), "Threads for every parallel region; 0 restores the default (the cores).");
+  m.def("adaptive_threads", &adaptive_threads,
+        "Whether each decode loop picks its thread count (at most num_threads()) from its step "
+        "times.");
+  m.def("set_adaptive_threads", &set_adaptive_threads, py::arg("on"),
+        "Turns the adaptive thread count on or off (GPT2GEN_ADAPTIVE_THREADS=0 starts with it off).");
 }
