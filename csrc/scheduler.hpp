@@ -120,7 +120,7 @@ class Scheduler {
   pid_t owner_pid_;
   std::thread thread_;
 
-  ThreadGovernor governor_;  // the steps' thread count; the scheduler's thread only
+  ThreadGovernor governor_{ThreadGovernor::last_choice()};  // the scheduler's thread only
 
   // Step scratch, grown on demand and reused.
   std::unique_ptr<Workspace<T>> workspace_;

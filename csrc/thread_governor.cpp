@@ -21,17 +21,24 @@ std::atomic<bool> adaptive{[] {
 // over the weights (124M shape, float32: a 1-row step ~7.7 ms, 256 rows ~175 ms), so steps of
 // the same size class compare fairly.
 constexpr double kRowsPerPass = 12;
-constexpr int64_t kFirstProbe = 2;   // steps at the start before the first probe
-constexpr int64_t kMinInterval = 4;  // steps between probes after a change of count...
-constexpr int64_t kMaxInterval = 64;  // ...doubling up to this while probes lose (~1% of quiet speed)
-constexpr double kMargin = 0.9;   // a probe must take < 90% of the current count's recent median
-constexpr double kSlower = 1.3;   // steps 1.3x slower than the best since the change: probe now
+constexpr int64_t kFirstProbe = 2;  // steps at the start before the first probe
+// Steps between probes: kMinInterval after a move, then 2x, 4x... while probes lose (after the
+// first probe: 2x at once). A losing probe costs up to a step's time: ~1% of the quiet speed at
+// 64 steps, and a competitor's leaving is noticed within 64 steps.
+constexpr int64_t kMinInterval = 16;
+constexpr int64_t kMaxInterval = 64;
+constexpr double kMargin = 0.9;     // a probe must take < 90% of the current count's recent median
+constexpr double kSlower = 1.3;     // steps 1.3x slower than the best since the move: probe now
 constexpr int64_t kFreshSteps = 8;  // a size's recent steps older than this are not compared with
+
+std::atomic<int> last_move{0};
 
 }  // namespace
 
 bool adaptive_threads() { return adaptive.load(); }
 void set_adaptive_threads(bool on) { adaptive.store(on); }
+
+int ThreadGovernor::last_choice() { return last_move.load(); }
 
 double ThreadGovernor::Recent::median() const {
   if (count == 1) return times[0];
@@ -48,42 +55,49 @@ int ThreadGovernor::size_class(int rows) {
   return k;
 }
 
-void ThreadGovernor::start_over(int threads) {
+void ThreadGovernor::move_to(int threads, int64_t interval) {
   current_ = threads;
   recent_ = {};
-  interval_ = kMinInterval;
+  interval_ = interval;
   next_probe_ = step_ + interval_;
 }
 
-int ThreadGovernor::neighbour() const {
-  const int n = current_ + direction_;
-  if (n >= 1 && n <= allowed_) return n;
-  return std::clamp(current_ - direction_, 1, allowed_);
+// One fewer, one more, or half the threads, in turn (half crosses a plateau: with 8 threads on
+// 8 cores, 4 of them busy, 5-8 threads are all about as slow).
+int ThreadGovernor::probe_target() const {
+  for (int k = 0; k < 3; ++k) {
+    const int kind = (probe_kind_ + k) % 3;
+    const int n = kind == 0 ? current_ - 1 : kind == 1 ? current_ + 1 : (current_ + 1) / 2;
+    if (n >= 1 && n <= allowed_ && n != current_) return n;
+  }
+  return current_;
 }
 
 int ThreadGovernor::choose(int rows, int allowed) {
   allowed = std::max(1, allowed);
-  if (allowed != allowed_) {
+  if (allowed != allowed_) {  // the first step, or the user changed the setting
+    const bool first = allowed_ == 0;
     allowed_ = allowed;
-    start_over(allowed);
-    next_probe_ = step_ + kFirstProbe;
+    move_to(first && first_guess_ > 0 ? std::min(first_guess_, allowed) : allowed, kFirstProbe);
+    left_ = {};
   }
   const Recent& r = recent_[size_class(rows)];
   const bool comparable = r.count >= 2 && step_ - r.last_step <= kFreshSteps;
-  if (step_ >= next_probe_ && comparable) return neighbour();
+  if (step_ >= next_probe_ && comparable) return probe_target();
   return current_;
 }
 
 void ThreadGovernor::record(int rows, int threads, double seconds) {
   const double t = seconds / (rows + kRowsPerPass);
-  Recent& r = recent_[size_class(rows)];
+  const int size = size_class(rows);
+  Recent& r = recent_[size];
   if (threads != current_) {  // a probe
     if (r.count > 0 && t < kMargin * r.median()) {
-      direction_ = threads < current_ ? -1 : 1;  // keep going that way next
-      start_over(threads);
+      left_ = {current_, size, r.median()};
+      move_to(threads, kMinInterval);  // the next probe goes the same way again
     } else {
-      direction_ = -direction_;
-      interval_ = std::min(2 * interval_, kMaxInterval);
+      probe_kind_ = (probe_kind_ + 1) % 3;
+      interval_ = std::min(2 * std::max(interval_, kMinInterval), kMaxInterval);
       next_probe_ = step_ + interval_;
     }
   } else {
@@ -93,6 +107,15 @@ void ThreadGovernor::record(int rows, int threads, double seconds) {
     r.last_step = step_;
     if (r.count == 3) {
       const double m = r.median();
+      if (left_.threads && size == left_.size) {  // the move's first 3 steps of the probe's size
+        const Left left = left_;
+        left_ = {};
+        if (m >= left.time) {  // one lucky probe: back, and probe less often
+          move_to(left.threads, kMaxInterval);
+          ++step_;
+          return;
+        }
+      }
       if (r.best == 0 || m < r.best) r.best = m;
       if (m > kSlower * r.best) {  // slower than it was: probe now (once per slowdown)
         r.best = m;
@@ -118,7 +141,9 @@ ThreadGovernor::Step::~Step() {
   set_thread_limit(0);
   if (std::uncaught_exceptions() != exceptions_) return;
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start_;
+  const int before = governor_->current();
   governor_->record(rows_, threads_, took.count());
+  if (governor_->current() != before) last_move.store(governor_->current());
 }
 
 }  // namespace gpt2gen

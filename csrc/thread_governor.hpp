@@ -25,6 +25,13 @@ void set_adaptive_threads(bool on);
 
 class ThreadGovernor {
  public:
+  // first_guess (if > 0): the count to start from, for example last_choice().
+  explicit ThreadGovernor(int first_guess = 0) : first_guess_(first_guess) {}
+
+  // The count the process's governors moved to last (0 before any did): the machine's load is
+  // shared, so a new loop starts from it rather than from every thread.
+  static int last_choice();
+
   // The thread count for a step of `rows` positions: in [1, allowed] (the user's setting is the
   // most the governor may use). A new `allowed` starts over from it.
   int choose(int rows, int allowed);
@@ -59,15 +66,22 @@ class ThreadGovernor {
     double best = 0;  // the lowest median of 3 since the current count was chosen
     double median() const;
   };
+  // The count a probe moved away from, until the new count's steps confirm the move.
+  struct Left {
+    int threads = 0, size = 0;
+    double time = 0;  // the median of its steps of that size
+  };
 
   static int size_class(int rows);
-  void start_over(int threads);
-  int neighbour() const;
+  void move_to(int threads, int64_t interval);
+  int probe_target() const;
 
+  int first_guess_;
   int allowed_ = 0, current_ = 0;
-  int direction_ = -1;  // of the next probe: -1 fewer threads, +1 more
+  int probe_kind_ = 0;  // of the next probe: 0 one fewer thread, 1 one more, 2 half
   int64_t step_ = 0, next_probe_ = 0, interval_ = 0;
   std::array<Recent, kSizes> recent_{};
+  Left left_;
 };
 
 }  // namespace gpt2gen

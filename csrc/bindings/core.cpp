@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <variant>
@@ -225,6 +226,11 @@ PYBIND11_MODULE(_core, m) {
       if (p) std::rethrow_exception(p);
     } catch (const QueueFull& e) { py::set_error(queue_full, e.what()); }
   });
+
+  // Only 0 turns adaptation off (thread_governor.cpp); anything but 0 or 1 is a mistake to name.
+  if (const char* env = std::getenv("GPT2GEN_ADAPTIVE_THREADS");
+      env && *env && std::string(env) != "0" && std::string(env) != "1")
+    throw py::value_error("GPT2GEN_ADAPTIVE_THREADS must be 0 or 1, got '" + std::string(env) + "'");
 
   bind_options(m);
 

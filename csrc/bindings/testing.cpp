@@ -200,7 +200,7 @@ PYBIND11_MODULE(_testing, m) {
   bind_kernels(m);
   py::class_<ThreadGovernor>(m, "ThreadGovernor",
                              "The thread-count logic alone, fed synthetic step times.")
-      .def(py::init<>())
+      .def(py::init<int>(), py::arg("first_guess") = 0)
       .def("choose", &ThreadGovernor::choose, py::arg("rows"), py::arg("allowed"))
       .def("record", &ThreadGovernor::record, py::arg("rows"), py::arg("threads"),
            py::arg("seconds"))
