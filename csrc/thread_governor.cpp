@@ -22,11 +22,15 @@ std::atomic<bool> adaptive{[] {
 // the same size class compare fairly.
 constexpr double kRowsPerPass = 12;
 constexpr int64_t kFirstProbe = 2;  // steps at the start before the first probe
-// Steps between probes: kMinInterval after a move, then 2x, 4x... while probes lose (after the
-// first probe: 2x at once). A losing probe costs up to a step's time: ~1% of the quiet speed at
-// 64 steps, and a competitor's leaving is noticed within 64 steps.
+// Steps between probes: kMinInterval after a move, then 2x, 4x... up to kMaxInterval while probes
+// lose (after the first probe: 2x at once), and longer after a probe that lost badly, so that
+// losing probes cost at most kProbeBudget of the time (a 2-thread probe beside a busy process
+// can take several 1-thread steps' time); a competitor's leaving is noticed within that many
+// steps. A quiet machine's 1-thread probe costs half a step: under 1% at 64 steps.
 constexpr int64_t kMinInterval = 16;
 constexpr int64_t kMaxInterval = 64;
+constexpr double kProbeBudget = 0.02;
+constexpr int64_t kLongestInterval = 256;
 constexpr double kMargin = 0.9;     // a probe must take < 90% of the current count's recent median
 constexpr double kSlower = 1.3;     // steps 1.3x slower than the best since the move: probe now
 constexpr int64_t kFreshSteps = 8;  // a size's recent steps older than this are not compared with
@@ -78,7 +82,10 @@ int ThreadGovernor::choose(int rows, int allowed) {
   if (allowed != allowed_) {  // the first step, or the user changed the setting
     const bool first = allowed_ == 0;
     allowed_ = allowed;
-    move_to(first && first_guess_ > 0 ? std::min(first_guess_, allowed) : allowed, kFirstProbe);
+    const int start = first && first_guess_ > 0 ? std::min(first_guess_, allowed) : allowed;
+    // Starting below the maximum (a busy machine, last time), a probe of more threads is costly
+    // if it still is: not at once.
+    move_to(start, start < allowed ? kMinInterval : kFirstProbe);
     left_ = {};
   }
   const Recent& r = recent_[size_class(rows)];
@@ -98,6 +105,10 @@ void ThreadGovernor::record(int rows, int threads, double seconds) {
     } else {
       probe_kind_ = (probe_kind_ + 1) % 3;
       interval_ = std::min(2 * std::max(interval_, kMinInterval), kMaxInterval);
+      if (r.count > 0) {
+        const double loss = t / r.median() - 1;  // in steps of the current count
+        interval_ = std::max(interval_, std::min(int64_t(loss / kProbeBudget), kLongestInterval));
+      }
       next_probe_ = step_ + interval_;
     }
   } else {

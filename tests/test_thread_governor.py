@@ -52,7 +52,9 @@ def test_a_busy_competitor_is_noticed_within_a_few_steps_and_its_leaving_too():
     assert arrived[50:].count(2) <= 250 // 64 + 2
     left = drive(governor, table(QUIET), 300)
     back = next(i for i in range(len(left)) if left[i:i + 10] == [2] * 10)
-    assert back <= 70, left[:100]  # within one probe interval
+    # Within one probe interval: a 2-thread probe beside the competitor lost by 1.75 steps, so the
+    # next waits 1.75 / 2% = 87 steps (probes cost at most 2% of the time).
+    assert back <= 90, left[:100]
     assert governor.current == 2
 
 
