@@ -128,8 +128,11 @@ void ThreadGovernor::record(int rows, int threads, double seconds) {
         }
       }
       if (r.best == 0 || m < r.best) r.best = m;
-      if (m > kSlower * r.best) {  // slower than it was: probe now (once per slowdown)
+      // Slower than it was: probe fewer threads now (once per slowdown). Not more threads: if
+      // the machine got busier, they would be slower still, and such a probe costs several steps.
+      if (m > kSlower * r.best && current_ > 1) {
         r.best = m;
+        probe_kind_ = 0;
         next_probe_ = step_ + 1;
       }
     }

@@ -81,6 +81,13 @@ def test_it_starts_from_a_first_guess():
     assert drive(_testing.ThreadGovernor(first_guess=8), table(LOADED), 1, allowed=2) == [2]
 
 
+def test_a_slowdown_probes_fewer_threads_never_more():
+    governor = _testing.ThreadGovernor(first_guess=1)
+    assert drive(governor, table(LOADED), 40).count(2) == 1  # its one probe, 16 steps in
+    # Busier still: one thread slows down too; two would be slower yet.
+    assert drive(governor, table({1: 0.03, 2: 0.08}), 40) == [1] * 40
+
+
 def test_noise_within_the_margin_does_not_switch():
     governor = _testing.ThreadGovernor()
     rng = np.random.default_rng(0)
