@@ -6,6 +6,7 @@
 #include <sched.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
@@ -106,6 +107,7 @@ int default_threads() {
 }
 
 std::atomic<int> thread_count{0};
+thread_local int thread_limit = 0;  // set_thread_limit
 
 // After fork() the child's one thread is a copy of the forking one. If that thread had run
 // OpenMP regions, libgomp's pool still lists the parent's worker threads, which do not exist in
@@ -134,7 +136,7 @@ std::vector<std::string> supported_backends() {
 
 void set_backend(const std::string& name) { current_backend.store(find_backend(name)); }
 
-int num_threads() {
+int threads_allowed() {
   if (openmp_pool_is_stale) return 1;
   int n = thread_count.load();
   if (n <= 0) {
@@ -142,6 +144,13 @@ int num_threads() {
     thread_count.store(n);
   }
   return n;
+}
+
+void set_thread_limit(int n) { thread_limit = n; }
+
+int num_threads() {
+  const int allowed = threads_allowed();
+  return thread_limit > 0 ? std::min(thread_limit, allowed) : allowed;
 }
 
 void set_num_threads(int n) { thread_count.store(n > 0 ? n : default_threads()); }

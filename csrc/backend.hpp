@@ -59,7 +59,14 @@ void set_backend(const std::string& name);  // throws std::invalid_argument
 
 // One knob for every parallel region; work is split by output rows/heads, never by a reduction,
 // so results do not depend on it.
-int num_threads();
 void set_num_threads(int n);  // n <= 0 restores the default (the number of cores)
+// The most the calling thread may use: the knob's value, or 1 on a thread whose OpenMP pool did
+// not survive a fork.
+int threads_allowed();
+// The calling thread's parallel regions use at most n threads (a ThreadGovernor's choice for its
+// step, csrc/thread_governor.hpp); n <= 0 lifts the limit.
+void set_thread_limit(int n);
+// The threads of the calling thread's parallel regions: threads_allowed() under its limit.
+int num_threads();
 
 }  // namespace gpt2gen

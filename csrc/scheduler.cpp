@@ -325,8 +325,11 @@ void Scheduler<T>::step() {
   }
   const size_t logit_count = logit_rows_.size() * size_t(n_vocab);
   if (logits_.size() < logit_count) logits_.resize(logit_count);
-  forward_pass(weights_, chunks_.data(), static_cast<int>(chunks_.size()), *workspace_,
-               row_indices_.data(), static_cast<int>(row_indices_.size()), logits_.data());
+  {
+    ThreadGovernor::Step timed(governor_, rows);
+    forward_pass(weights_, chunks_.data(), static_cast<int>(chunks_.size()), *workspace_,
+                 row_indices_.data(), static_cast<int>(row_indices_.size()), logits_.data());
+  }
 
   for (size_t j = 0; j < logit_rows_.size(); ++j) {
     Sequence& s = *logit_rows_[j].sequence;

@@ -25,6 +25,7 @@
 #include "model.hpp"
 #include "request.hpp"
 #include "sampling.hpp"
+#include "thread_governor.hpp"
 
 namespace gpt2gen {
 
@@ -118,6 +119,8 @@ class Scheduler {
   int notify_pipe_[2] = {-1, -1};
   pid_t owner_pid_;
   std::thread thread_;
+
+  ThreadGovernor governor_{ThreadGovernor::last_choice()};  // the scheduler's thread only
 
   // Step scratch, grown on demand and reused.
   std::unique_ptr<Workspace<T>> workspace_;

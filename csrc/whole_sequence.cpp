@@ -1,13 +1,29 @@
 #include "whole_sequence.hpp"
 
 #include <algorithm>
+#include <memory>
+#include <utility>
+#include <vector>
 
 #include "forward_pass.hpp"
+#include "thread_governor.hpp"
 #include "token_scores.hpp"
 
 namespace gpt2gen {
 
 namespace {
+
+// The calling thread's governor for a model's chunks, so that its successive calls learn from one
+// another; a few models per thread at most (a model freed and another allocated at its address
+// only inherits a thread count, which the governor revises). Shared: a call keeps its governor
+// even if a nested call (a signal handler's) pushed it out.
+std::shared_ptr<ThreadGovernor> governor_for(const void* model) {
+  thread_local std::vector<std::pair<const void*, std::shared_ptr<ThreadGovernor>>> governors;
+  for (auto& [key, governor] : governors)
+    if (key == model) return governor;
+  if (governors.size() == 8) governors.erase(governors.begin());
+  return governors.emplace_back(model, std::make_shared<ThreadGovernor>(ThreadGovernor::last_choice())).second;
+}
 
 // Runs ids through the model chunk by chunk; consume(first, n, logits) sees each chunk's rows.
 template <typename T, typename Consume>
@@ -19,12 +35,16 @@ void in_chunks(const Weights<T>& weights, const std::vector<int32_t>& ids, T* lo
   KVCache<T> cache(weights, n);
   Workspace<T> workspace(weights, chunk_rows, n);
   std::vector<int> rows(chunk_rows);
+  const std::shared_ptr<ThreadGovernor> governor = governor_for(&weights);
   for (int i = 0; i < chunk_rows; ++i) rows[i] = i;
   for (int first = 0; first < n; first += chunk_rows) {
     const int count = std::min(chunk_rows, n - first);
     Chunk<T> chunk{&cache, ids.data() + first, count};
     T* logits = logits_buffer + (advance_buffer ? size_t(first) * weights.n_vocab : 0);
-    forward_pass(weights, &chunk, 1, workspace, rows.data(), count, logits);
+    {
+      ThreadGovernor::Step timed(*governor, count);
+      forward_pass(weights, &chunk, 1, workspace, rows.data(), count, logits);
+    }
     consume(first, count, logits);
     if (between_chunks && first + count < n) between_chunks();
   }

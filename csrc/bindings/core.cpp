@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <variant>
@@ -15,6 +16,7 @@
 #include "generation.hpp"
 #include "params.hpp"
 #include "scheduler.hpp"
+#include "thread_governor.hpp"
 #include "whole_sequence.hpp"
 
 namespace gpt2gen::bindings {
@@ -225,6 +227,11 @@ PYBIND11_MODULE(_core, m) {
     } catch (const QueueFull& e) { py::set_error(queue_full, e.what()); }
   });
 
+  // Only 0 turns adaptation off (thread_governor.cpp); anything but 0 or 1 is a mistake to name.
+  if (const char* env = std::getenv("GPT2GEN_ADAPTIVE_THREADS");
+      env && *env && std::string(env) != "0" && std::string(env) != "1")
+    throw py::value_error("GPT2GEN_ADAPTIVE_THREADS must be 0 or 1, got '" + std::string(env) + "'");
+
   bind_options(m);
 
   py::class_<Model>(m, "Model",
@@ -334,4 +341,9 @@ PYBIND11_MODULE(_core, m) {
         set_num_threads(n);
       },
       py::arg("n"), "Threads for every parallel region; 0 restores the default (the cores).");
+  m.def("adaptive_threads", &adaptive_threads,
+        "Whether each decode loop picks its thread count (at most num_threads()) from its step "
+        "times.");
+  m.def("set_adaptive_threads", &set_adaptive_threads, py::arg("on"),
+        "Turns the adaptive thread count on or off (GPT2GEN_ADAPTIVE_THREADS=0 starts with it off).");
 }

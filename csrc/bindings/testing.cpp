@@ -14,6 +14,7 @@
 #include "generation.hpp"
 #include "params.hpp"
 #include "sampling.hpp"
+#include "thread_governor.hpp"
 
 namespace gpt2gen::bindings {
 
@@ -215,4 +216,11 @@ PYBIND11_MODULE(_testing, m) {
   m.def("cached_decode_logits", &cached_decode_logits, py::arg("model"), py::arg("prompt"),
         py::arg("n_steps"), py::arg("chunk_rows") = 256);
   bind_kernels(m);
+  py::class_<ThreadGovernor>(m, "ThreadGovernor",
+                             "The thread-count logic alone, fed synthetic step times.")
+      .def(py::init<int>(), py::arg("first_guess") = 0)
+      .def("choose", &ThreadGovernor::choose, py::arg("rows"), py::arg("allowed"))
+      .def("record", &ThreadGovernor::record, py::arg("rows"), py::arg("threads"),
+           py::arg("seconds"))
+      .def_property_readonly("current", &ThreadGovernor::current);
 }

@@ -3,8 +3,10 @@
 from . import reference
 from ._core import (
     QueueFullError,
+    adaptive_threads,
     backend,
     num_threads,
+    set_adaptive_threads,
     set_backend,
     set_num_threads,
     supported_backends,
@@ -30,6 +32,7 @@ __all__ = [
     "Score",
     "TokenLogprob",
     "Tokenizer",
+    "adaptive_threads",
     "backend",
     "forward",
     "gen_text",
@@ -40,6 +43,7 @@ __all__ = [
     "pack_params",
     "processed_probabilities",
     "reference",
+    "set_adaptive_threads",
     "set_backend",
     "set_num_threads",
     "supported_backends",
