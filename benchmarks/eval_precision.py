@@ -13,6 +13,7 @@ Weights (no download; the same seeds every run):
 
     python benchmarks/eval_precision.py                 # GPT-2 124M shape
     python benchmarks/eval_precision.py --quick         # a small shape, seconds
+    python benchmarks/eval_precision.py --llama --llama-perplexity PATH   # + llama.cpp's column (llama_kl.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import time
 
+import llama_kl
 import numpy as np
 
 import gpt2gen
@@ -96,6 +98,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=256, help="greedy tokens compared")
     parser.add_argument("--prompt", type=int, default=64, help="prompt length for logits and KL")
     parser.add_argument("--json", help="also write the results here")
+    llama_kl.add_arguments(parser)
     args = parser.parse_args()
     shape = SHAPES["quick" if args.quick else "124M"]
     prompt = list(np.random.default_rng(1).integers(0, shape["n_vocab"], args.prompt))
@@ -115,9 +118,10 @@ def main():
             print(f"| {kind} | {fmt} | {r['max_logit_error_rel']:.2e} ({r['max_logit_error_abs']:.3g} / "
                   f"{r['logit_std']:.3g}) | {r['kl_mean']:.2e} | {100 * r['greedy_agreement']:.1f}% | {first} |",
                   flush=True)
+    llama_rows = llama_kl.compare(args, shape, make_params, log_softmax) if args.llama else []
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"shape": shape, "results": results}, f, indent=2)
+            json.dump({"shape": shape, "results": results, "llama_cpp": llama_rows}, f, indent=2)
 
 
 if __name__ == "__main__":
