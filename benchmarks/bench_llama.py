@@ -254,7 +254,7 @@ def report(args, results, summary, load) -> str:
              f"GPT-2 124M shape, random weights (seed 0); {args.threads} threads each, batch 1; "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average "
              f"{load[0]:.2f} at the start, {load[1]:.2f} at the end (other sessions share this machine); "
-             f"{args.rounds} alternating rounds, medians; {args.new_tokens} greedy tokens timed per depth "
+             f"alternating rounds: {args.rounds}, medians; {args.new_tokens} greedy tokens timed per depth "
              f"(depth = tokens already in the cache"
              + (f"; {args.depths[-1]} is capped at {high}, GPT-2's last positions" if high != args.depths[-1] else "")
              + "); llama-bench defaults otherwise (f16 KV cache, flash attention auto), gpt2gen's float32 KV cache.",
