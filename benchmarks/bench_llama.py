@@ -31,6 +31,7 @@ issue 15's targets as PASS/FAIL lines computed from its own numbers.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -68,7 +69,11 @@ class Row:
 
 
 def rows() -> list:
-    return [Row(fmt, fmt, llama_cpp_tools.PEER_TYPE.get(fmt)) for fmt in ("fp32", *FORMATS)]
+    out = [Row(fmt, fmt, llama_cpp_tools.PEER_TYPE.get(fmt)) for fmt in ("fp32", *FORMATS)]
+    # The opt-in bf16 KV cache, where the installed gpt2gen has it (it came in issue 15).
+    if "kv_cache_dtype" in inspect.signature(gpt2gen.generate).parameters:
+        out.append(Row("fp32+bf16kv", "fp32", "f32", {"kv_cache_dtype": "bf16"}))
+    return out
 
 
 def parse_args(argv=None):
