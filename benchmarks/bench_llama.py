@@ -19,7 +19,9 @@ int8 / q8_0, int4 / q4_0. Batch 1, the same thread count for both (``--threads``
 * prefill-128 tok/s (fp32 / f32): llama-bench ``-p 128 -n 0``; gpt2gen: 128 / the time of a
   generate() call on a 128-token prompt for 1 token;
 * weights GB/s: bytes of gpt2gen's weights one decode step reads (weight_bytes_per_token) × tok/s,
-  at the smallest depth, and its fraction of fp32's.
+  at the smallest depth, and its fraction of fp32's;
+* where gpt2gen has the opt-in bf16 KV cache (``kv_cache_dtype``), a row "fp32+bf16kv": float32
+  weights with it, against the same llama.cpp f32 run.
 
 Each round runs every llama.cpp type once (llama-bench ``-r 1``, after its warm-up) and, right
 before or after it (the order alternates between rounds), gpt2gen's formats raced against that
