@@ -1,4 +1,4 @@
-# python benchmarks/bench_packed.py [reps] [fp32,bf16,int8]
+# python benchmarks/bench_packed.py [reps] [fp32,bf16,int8,int4]
 # Decode/prefill tok/s on the GPT-2 124M shape with random weights. Under interference from other
 # processes, each time is the minimum over reps (and the median is shown too).
 import statistics
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import gpt2gen
-from gpt2gen.packing import pack_params
+from gpt2gen.packing import FORMATS, pack_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from random_models import random_params  # noqa: E402
@@ -24,7 +24,7 @@ def seconds(params, n_new):
 
 print('gpt2gen from', gpt2gen.__file__, 'backend', gpt2gen.backend(), 'threads', gpt2gen.num_threads())
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 7
-fmts = sys.argv[2].split(',') if len(sys.argv) > 2 else ["fp32", "bf16", "int8"]
+fmts = sys.argv[2].split(',') if len(sys.argv) > 2 else ["fp32", *FORMATS]
 p = random_params(np.random.default_rng(0), n_layer=12, n_embd=768, n_head=12, n_vocab=50257, n_ctx=1024, scale=0.02)
 for name in fmts:
     params = p if name == "fp32" else pack_params(p, name)

@@ -1,4 +1,4 @@
-"""Accuracy cost of packed weights (bf16, int8) against float32, on the same model.
+"""Accuracy cost of packed weights (bf16, int8, int4) against float32, on the same model.
 
 For each kind of weights and each format it reports, over the positions of a random prompt:
 the largest logit error relative to the float32 logits' scale (their standard deviation), the
@@ -27,6 +27,7 @@ import numpy as np
 
 import gpt2gen
 from gpt2gen import _core
+from gpt2gen.packing import FORMATS
 
 SHAPES = {"124M": dict(n_layer=12, n_embd=768, n_head=12, n_vocab=50257, n_ctx=1024),
           "quick": dict(n_layer=4, n_embd=256, n_head=4, n_vocab=8000, n_ctx=512)}
@@ -109,7 +110,7 @@ def main():
     print("|---|---|---|---|---|---|")
     for kind in ("random", "structured"):
         params = make_params(kind, shape)
-        for fmt in ("bf16", "int8"):
+        for fmt in FORMATS:
             start = time.perf_counter()
             r = evaluate(params, gpt2gen.pack_params(params, fmt), shape["n_head"], prompt, args.tokens)
             r.update(weights=kind, format=fmt, seconds=time.perf_counter() - start)

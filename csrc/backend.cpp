@@ -38,13 +38,16 @@ std::vector<const Backend*> usable_backends() {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
 #if GPT2GEN_HAVE_AVX512
+  // VNNI (Ice Lake, Cascade Lake, Zen 4 and later) for the quantized formats' dot products;
+  // AVX-512 machines without it (Skylake-SP) run the AVX2 copy.
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("fma"))
+      __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma"))
     out.push_back(&isa_avx512::get_backend());
 #endif
 #if GPT2GEN_HAVE_AVX2
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
     out.push_back(&isa_avx2::get_backend());
 #endif
 #endif

@@ -1,17 +1,13 @@
 // y = x·w + b for weights of any format (float32 with vectors where the instruction set has them,
-// simd.hpp; otherwise the portable loops, portable.hpp).
+// simd.hpp; otherwise the portable loops, portable.hpp). The quantized formats (int8, int4) have
+// kernels of their own, with integer dot products: linear_quantized.cpp.
 //
 // The vector kernels convert the weights to float32 in registers as they stream in (simd.hpp's
-// widening loads); activations and every accumulation stay float32 (no vdpbf16ps / VNNI: they
-// would round the activations). Order of every output element (one instruction set; the same for
-// every row count, tiling and thread count):
-//   unscaled formats (float32, bf16): the rows of w in segments of kSegmentRows; per segment s:
-//                   p_s = 0; p_s = fma(x[k], w[k, j], p_s) for k in the segment in order;
-//                 out = ((p_0 + p_1) + …) + b[j].
-//   scaled formats (int8): acc = 0; per block of the format's kBlock rows of w in order:
-//                   s = 0; s = fma(x[k], q[k, j], s) for k in the block in order;
-//                   acc = fma(scale[block, j], s, acc);
-//                 out = acc + b[j].
+// widening loads); activations and every accumulation stay float32 (no vdpbf16ps: it would round
+// the activations). Order of every output element (one instruction set; the same for every row
+// count, tiling and thread count): the rows of w in segments of kSegmentRows; per segment s:
+//   p_s = 0; p_s = fma(x[k], w[k, j], p_s) for k in the segment in order;
+//   out = ((p_0 + p_1) + …) + b[j].
 // The segments let threads split a decode step over contiguous rows of w (each thread streams one
 // contiguous stretch of memory: a float32 decode step took 22% less time than with column bands)
 // without making the sum depend on the thread count.
@@ -22,6 +18,7 @@
 #include <vector>
 
 #include "kernels.hpp"
+#include "linear_quantized.hpp"
 #include "openmp.hpp"
 #include "portable.hpp"
 #include "simd.hpp"
@@ -31,33 +28,6 @@ namespace gpt2gen {
 namespace GPT2GEN_ISA_NS {
 
 namespace {
-
-// Calls run(std::integral_constant<int, P>(), v) over the column vectors [v0, v1): panels of
-// kWidest vectors, then one each of 16, 8, 4, 2, 1 for the rest, so that every panel width is a
-// compile-time constant (its accumulators stay in registers).
-template <int kWidest, typename Run>
-void for_each_panel(int v0, int v1, Run&& run) {
-  int v = v0;
-  for (; v1 - v >= kWidest; v += kWidest) run(std::integral_constant<int, kWidest>(), v);
-  if constexpr (kWidest > 16)
-    if (v1 - v >= 16) {
-      run(std::integral_constant<int, 16>(), v);
-      v += 16;
-    }
-  if (v1 - v >= 8) {
-    run(std::integral_constant<int, 8>(), v);
-    v += 8;
-  }
-  if (v1 - v >= 4) {
-    run(std::integral_constant<int, 4>(), v);
-    v += 4;
-  }
-  if (v1 - v >= 2) {
-    run(std::integral_constant<int, 2>(), v);
-    v += 2;
-  }
-  if (v1 - v >= 1) run(std::integral_constant<int, 1>(), v);
-}
 
 template <typename F32>  // simd::Vec<float>
 struct VectorLinear {
@@ -212,24 +182,12 @@ struct VectorLinear {
     }
   }
 
-  // --- register tiles: scaled formats at n ≤ kStreamMaxRows, every format above -----------------
-  static constexpr int kDecodeVecs = W == 16 ? 24 : 12;  // n = 1: 1 row × 24 (12) vectors
-  static constexpr int kTileRows = W == 16 ? 6 : 4;      // n > 1: 6 (4) rows × 4 (3) vectors
+  // --- register tiles: n > kStreamMaxRows
+  // ---------------------------------------------------------
+  static constexpr int kTileRows = W == 16 ? 6 : 4;  // 6 (4) rows × 4 (3) vectors
   static constexpr int kTileVecs = W == 16 ? 4 : 3;
   static constexpr int kPassRows = 256;  // rows of w per pass over the tiles of x's rows
   static_assert(kPassRows % kSegmentRows == 0, "a pass must hold whole segments");
-  // Decode: prefetch distance in rows of w (~8-12 KB ahead of a 24-vector panel).
-  template <typename E>
-  static constexpr int kPrefetchRows = sizeof(E) == 4   ? 8
-                                       : sizeof(E) == 2 ? 12
-                                                        : 24;
-
-  // Prefetch every cache line of P vectors of E from row.
-  template <typename E, int P>
-  static void prefetch_row(const E* row) {
-    for (int off = 0; off < int(P * W * sizeof(E)); off += 64)
-      F32::prefetch(reinterpret_cast<const char*>(row) + off);
-  }
 
   // acc[r][p] = fma(x[r, k], w[k, p·W + lane], acc[r][p]) for one row k of w (wk), widening each
   // weight vector once. One row of x (decode): widen and use each vector at once (P + 2
@@ -257,7 +215,7 @@ struct VectorLinear {
   }
 
   // acc[r][p] = Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane], from zero, k in order.
-  template <int R, int P, bool kPrefetch, typename E>
+  template <int R, int P, typename E>
   static void sum_rows(const float* x, int ldx, const E* w, int ldw, int k0, int k1, int last,
                        V (&acc)[R][P]) {
     GPT2GEN_UNROLL
@@ -265,18 +223,14 @@ struct VectorLinear {
       GPT2GEN_UNROLL
       for (int p = 0; p < P; ++p) acc[r][p] = F32::zero();
     }
-    for (int k = k0; k < k1; ++k) {
-      const E* wk = w + size_t(k) * ldw;
-      if constexpr (kPrefetch) prefetch_row<E, P>(wk + size_t(kPrefetchRows<E>) * ldw);
-      row_step<R, P>(x, ldx, k, wk, last, acc);
-    }
+    for (int k = k0; k < k1; ++k) { row_step<R, P>(x, ldx, k, w + size_t(k) * ldw, last, acc); }
   }
 
-  // Unscaled: out[r, p·W + lane] for R rows and P column vectors (the last holding `last`
+  // out[r, p·W + lane] for R rows and P column vectors (the last holding `last`
   // columns) over the rows [k0, k1) of w, k0 a segment boundary: each segment's sum starts at
   // zero in registers and is added to out (or is out, for the first segment); bias, if given, is
   // added at the end.
-  template <int R, int P, bool kPrefetch, typename E>
+  template <int R, int P, typename E>
   static void dense_tile(const float* x, int ldx, const E* w, int ldw, int k0, int k1,
                          const float* bias, float* out, int ldo, int last) {
     const Mask m = F32::mask(last);
@@ -286,7 +240,7 @@ struct VectorLinear {
     for (int s0 = k0; s0 < k1; s0 += kSegmentRows) {
       const int s1 = std::min(k1, s0 + kSegmentRows);
       V acc[R][P];
-      sum_rows<R, P, kPrefetch>(x, ldx, w, ldw, s0, s1, last, acc);
+      sum_rows<R, P>(x, ldx, w, ldw, s0, s1, last, acc);
       const bool add_bias = bias && s1 == k1;
       GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) {
@@ -304,50 +258,14 @@ struct VectorLinear {
     }
   }
 
-  // Scaled: the same for q with scales [blocks, ldw] (pointing at the tile's first column); k0 is
-  // a multiple of kBlock. The block sums live in registers, the running sums in out (exactly).
-  template <int R, int P, bool kPrefetch, int kBlock, typename E>
-  static void scaled_tile(const float* x, int ldx, const E* q, const float* scales, int ldw, int k0,
-                          int k1, const float* bias, float* out, int ldo, int last) {
-    static_assert(kPassRows % kBlock == 0, "a pass must hold whole scale blocks");
-    const Mask m = F32::mask(last);
-    for (int kb = k0; kb < k1; kb += kBlock) {
-      const int ke = std::min(k1, kb + kBlock);
-      V s[R][P];
-      sum_rows<R, P, kPrefetch>(x, ldx, q, ldw, kb, ke, last, s);
-      const float* sc = scales + size_t(kb / kBlock) * ldw;
-      GPT2GEN_UNROLL
-      for (int p = 0; p < P; ++p) {
-        const bool tail = p == P - 1;
-        const V scv = tail ? F32::load(sc + p * W, m) : F32::load(sc + p * W);
-        GPT2GEN_UNROLL
-        for (int r = 0; r < R; ++r) {
-          float* o = out + size_t(r) * ldo + p * W;
-          V acc = kb == 0 ? F32::zero() : (tail ? F32::load(o, m) : F32::load(o));
-          acc = F32::fma(scv, s[r][p], acc);
-          if (kb + kBlock >= k1 && bias)
-            acc = F32::add(acc, tail ? F32::load(bias + p * W, m) : F32::load(bias + p * W));
-          if (tail)
-            F32::store(o, acc, m);
-          else
-            F32::store(o, acc);
-        }
-      }
-    }
-  }
-
   // One tile: R rows × P column vectors starting at column vector v, over the rows [k0, k1) of w.
-  template <typename Format, int R, int P, bool kPrefetch>
+  template <typename Format, int R, int P>
   static void tile(const float* x, int ldx, const LinearWeights<float>& lin, int v, int k0, int k1,
                    bool with_bias, float* out, int ldo, int last) {
     const int j0 = v * W;
     const float* bias = with_bias ? lin.b + j0 : nullptr;
     const auto* w = stored_values<Format>(lin.w, lin.packed) + j0;
-    if constexpr (Format::kBlock > 0)
-      scaled_tile<R, P, kPrefetch, Format::kBlock>(x, ldx, w, lin.packed.scales + j0, lin.d_out, k0,
-                                                   k1, bias, out + j0, ldo, last);
-    else
-      dense_tile<R, P, kPrefetch>(x, ldx, w, lin.d_out, k0, k1, bias, out + j0, ldo, last);
+    dense_tile<R, P>(x, ldx, w, lin.d_out, k0, k1, bias, out + j0, ldo, last);
   }
 
   // The tiles of kTileRows × kTileVecs and every smaller size, as [rows − 1][vecs − 1].
@@ -356,27 +274,12 @@ struct VectorLinear {
   template <typename Format, int R, int... Ps>
   static constexpr std::array<TileFn, sizeof...(Ps)> tiles_of_rows(
       std::integer_sequence<int, Ps...>) {
-    return {&tile<Format, R, Ps + 1, false>...};
+    return {&tile<Format, R, Ps + 1>...};
   }
   template <typename Format, int... Rs>
   static constexpr std::array<std::array<TileFn, kTileVecs>, sizeof...(Rs)> tile_table(
       std::integer_sequence<int, Rs...>) {
     return {tiles_of_rows<Format, Rs + 1>(std::make_integer_sequence<int, kTileVecs>())...};
-  }
-
-  // n = 1 (scaled formats): column vectors [v0, v1) of the thread in panels as wide as the
-  // registers allow, each streaming its rows of w once with software prefetch.
-  template <typename Format>
-  static void decode_columns(const float* x, const LinearWeights<float>& lin, float* out, int v0,
-                             int v1) {
-    const int nvec = (lin.d_out + W - 1) / W;
-    const int tail = lin.d_out - (nvec - 1) * W;
-    auto run = [&](auto vecs_c, int v) {
-      constexpr int P = decltype(vecs_c)::value;
-      const int last = v + P == nvec ? tail : W;
-      tile<Format, 1, P, true>(x, lin.d_in, lin, v, 0, lin.d_in, true, out, lin.d_out, last);
-    };
-    for_each_panel<kDecodeVecs>(v0, v1, run);
   }
 
   // n > 1: one panel of kTileVecs column vectors, in passes of kPassRows rows of w, every
@@ -405,18 +308,8 @@ struct VectorLinear {
       for (int r = 0; r < n; ++r) std::copy(lin.b, lin.b + lin.d_out, out + size_t(r) * lin.d_out);
       return;
     }
+    if (n <= kStreamMaxRows) return stream<Format>(x, n, lin, out);
     const int nvec = (lin.d_out + W - 1) / W;
-    if constexpr (Format::kBlock == 0) {
-      if (n <= kStreamMaxRows) return stream<Format>(x, n, lin, out);
-    } else if (n == 1) {  // the block sums must stay in registers: no row streaming
-#pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
-      {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        decode_columns<Format>(x, lin, out, int(int64_t(nvec) * t / nt),
-                               int(int64_t(nvec) * (t + 1) / nt));
-      }
-      return;
-    }
     const int n_panels = (nvec + kTileVecs - 1) / kTileVecs;
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
     for (int p = 0; p < n_panels; ++p) panel<Format>(x, n, lin, out, p);
@@ -428,7 +321,9 @@ struct VectorLinear {
 template <typename T>
 void linear(const T* x, int n, LinearWeights<T> lin, T* out) {
   with_weight_format<T>(lin.packed.format, [&](auto format) {
-    if constexpr (simd::kHasVec<T>)
+    if constexpr (decltype(format)::kQuantized)
+      quantized_linear<decltype(format)>(x, n, lin, out);
+    else if constexpr (simd::kHasVec<T>)
       VectorLinear<simd::Vec<T>>::linear(format, x, n, lin, out);
     else
       portable::linear(format, x, n, lin, out);

@@ -13,24 +13,36 @@ struct LayerNormWeights {
   const T* b;
 };
 
-// How a weight matrix is stored. float32 models may pack their matrices once into bf16 or int8
-// (python/gpt2gen/packing.py); activations and accumulation stay float32.
+// How a weight matrix is stored. float32 models may pack their matrices once into bf16, int8 or
+// int4 (python/gpt2gen/packing.py); activations and accumulation stay float32.
 enum class WeightFormat : uint8_t {
   native,  // the parameters' dtype, read in place
-  bf16,    // uint16: the high half of each float32, rounded to nearest even
-  int8,    // int8 q with float32 scales: value = q·scale, one scale per kQuantBlock values along
-           // the dimension the kernel reduces over
+  bf16,    // uint16: the high half of each float32, rounded to nearest even, in the native layout
+  int8,    // quantized (below): q in [-127, 127] stored as the byte q + 128, float32 scales
+  int4,    // quantized (below): q in [-8, 7] stored as the nibble q + 8, float16 scales
 };
+
+// The quantized formats see a matrix as w[d_in, d_out] with the product reducing over d_in (a
+// linear's w; the transpose of wte): value(k, j) = q(k, j)·scale(k / kQuantBlock, j). For the
+// integer dot products (four bytes of a column against four bytes of activations), d_out is cut
+// into panels of kQuantPanel columns and d_in padded with zeros to whole blocks; each panel is
+// stored contiguously, as groups of four bytes per column:
+//   data   [panels][d_in_padded / kGroup][kQuantPanel][4] bytes, where a column's four bytes
+//          hold k = 4g .. 4g + 3 (int8, kGroup = 4), or k = 8g .. 8g + 3 in their low nibbles
+//          and k = 8g + 4 .. 8g + 7 in their high nibbles (int4, kGroup = 8);
+//   scales [panels][d_in_padded / kQuantBlock][kQuantPanel], float32 (int8) or float16 (int4).
+// Padded columns and rows hold q = 0 and scale 0.
 constexpr int kQuantBlock = 32;
+constexpr int kQuantPanel = 16;
 
 struct Packed {
   WeightFormat format = WeightFormat::native;
-  const void* data = nullptr;     // uint16 (bf16) or int8 values, laid out as the native matrix
-  const float* scales = nullptr;  // int8 only
+  const void* data = nullptr;    // bf16: uint16 in the native layout; int8 / int4: bytes, above
+  const void* scales = nullptr;  // int8: float32; int4: float16 (as uint16)
 };
 
-// y = x·w + b with GPT-2's layout w[d_in, d_out] (w is null when the matrix is packed; int8
-// scales are [ceil(d_in / kQuantBlock), d_out]).
+// y = x·w + b with GPT-2's layout w[d_in, d_out] (w is null when the matrix is packed; b may be
+// null: no bias).
 template <typename T>
 struct LinearWeights {
   const T* w;
@@ -53,7 +65,8 @@ struct Weights {
   using value_type = T;
   int n_vocab = 0, n_ctx = 0, n_embd = 0, n_head = 0;
   const T* wte = nullptr;  // [n_vocab, n_embd], also the output projection (tied)
-  Packed wte_packed{};     // when packed (wte is null): int8 scales [n_vocab, ceil(n_embd / 32)]
+  Packed
+      wte_packed{};  // when packed (wte is null); quantized: as the matrix wteᵀ [n_embd, n_vocab]
   const T* wpe = nullptr;  // [n_ctx, n_embd]
   std::vector<BlockWeights<T>> blocks;
   LayerNormWeights<T> ln_f{};

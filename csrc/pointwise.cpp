@@ -98,16 +98,10 @@ struct VectorPointwise {
 template <typename T>
 using Vector = VectorPointwise<simd::Vec<T>>;
 
-// wte[id] + wpe[pos] for one position, wte's row widened (and scaled) from its format.
+// wte[id] + wpe[pos] for one position, wte's row widened from its (unquantized) format.
 template <typename Format, typename T>
-void embedding_row(const typename Format::Storage* tok, const float* scales, const T* pos, int d,
-                   T* out) {
-  for (int i = 0; i < d; ++i) {
-    if constexpr (Format::kBlock > 0)
-      out[i] = Format::widen(tok[i]) * scales[i / Format::kBlock] + pos[i];
-    else
-      out[i] = Format::widen(tok[i]) + pos[i];
-  }
+void embedding_row(const typename Format::Storage* tok, const T* pos, int d, T* out) {
+  for (int i = 0; i < d; ++i) out[i] = Format::widen(tok[i]) + pos[i];
 }
 
 }  // namespace
@@ -117,12 +111,16 @@ void embedding(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const 
                int pos0, T* out) {
   with_weight_format<T>(wte_packed.format, [&](auto format) {
     using Format = decltype(format);
-    const auto* values = stored_values<Format>(wte, wte_packed);
-    const size_t n_scales = Format::kBlock > 0 ? (n_embd + Format::kBlock - 1) / Format::kBlock : 0;
     for (int t = 0; t < n; ++t) {
-      const float* scales = n_scales > 0 ? wte_packed.scales + ids[t] * n_scales : nullptr;
-      embedding_row<Format>(values + size_t(ids[t]) * n_embd, scales,
-                            wpe + size_t(pos0 + t) * n_embd, n_embd, out + size_t(t) * n_embd);
+      const T* pos = wpe + size_t(pos0 + t) * n_embd;
+      T* o = out + size_t(t) * n_embd;
+      if constexpr (Format::kQuantized) {  // wte[id] is column id of wteᵀ
+        const QuantizedMatrix<Format> m(wte_packed, n_embd, 0);
+        for (int i = 0; i < n_embd; ++i) o[i] = m.value(i, ids[t]) + pos[i];
+      } else {
+        embedding_row<Format>(stored_values<Format>(wte, wte_packed) + size_t(ids[t]) * n_embd, pos,
+                              n_embd, o);
+      }
     }
   });
 }

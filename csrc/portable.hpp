@@ -87,9 +87,9 @@ inline void softmax(T* x, int n) {
 }
 
 // --- linear -----------------------------------------------------------------------------------
-// Order of every output element: acc = 0; per block of the format's kBlock rows of w (or all of
-// them, unscaled): s = 0; s += x[k]·w[k, j] for k in order; acc += scale·s (unscaled: acc = s);
-// out = acc + b[j].
+// Order of every output element: acc = 0; acc += x[k]·w[k, j] for k in order; out = acc + b[j].
+// Quantized formats: acc = 0; per block: s = 0; s += x[k]·q[k, j] for k in the block in order;
+// acc += scale·s; out = acc + b[j] (b may be null).
 
 // sum[r][j] += Σ_{k0 ≤ k < k1} x[r, k]·w[k, j0 + j] in k order, for j < cols (with cols == COLS,
 // a compile-time width, the accumulators stay in registers).
@@ -121,18 +121,7 @@ inline void linear_tile(const T* x, const LinearWeights<T>& lin, int j0, int col
   const int d_in = lin.d_in, d_out = lin.d_out;
   const auto* w = stored_values<Format>(lin.w, lin.packed);
   T acc[R][COLS] = {};
-  if constexpr (Format::kBlock == 0) {
-    add_products<Format>(x, w, d_in, d_out, j0, cols, 0, d_in, acc);
-  } else {
-    for (int k0 = 0; k0 < d_in; k0 += Format::kBlock) {
-      T block[R][COLS] = {};
-      add_products<Format>(x, w, d_in, d_out, j0, cols, k0, std::min(d_in, k0 + Format::kBlock),
-                           block);
-      const float* scale = lin.packed.scales + size_t(k0 / Format::kBlock) * d_out + j0;
-      for (int r = 0; r < R; ++r)
-        for (int j = 0; j < cols; ++j) acc[r][j] += scale[j] * block[r][j];
-    }
-  }
+  add_products<Format>(x, w, d_in, d_out, j0, cols, 0, d_in, acc);
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < cols; ++j) out[size_t(r) * d_out + j0 + j] = acc[r][j] + lin.b[j0 + j];
 }
@@ -173,33 +162,44 @@ void linear(Format, const T* x, int n, const LinearWeights<T>& lin, T* out) {
   }
 }
 
-// --- unembed ----------------------------------------------------------------------------------
-
-// x·row for one row of the tied embedding (scales: the row's, one per kBlock columns). Native
-// weights sum in 2·kLanes partial sums (vectorised); packed ones in order, one partial sum per
-// scale block: the orders their results were first computed in.
-template <typename Format, typename T>
-inline T dot_row(const T* x, const typename Format::Storage* row, const float* scales, int d) {
-  if constexpr (Format::kBlock > 0) {
-    T acc = 0;
-    for (int c0 = 0; c0 < d; c0 += Format::kBlock) {
-      const int c1 = std::min(d, c0 + Format::kBlock);
-      acc += scales[c0 / Format::kBlock] * dot<1, Format>(x + c0, row + c0, c1 - c0);
+// The quantized formats, one column at a time (the weights' layout keeps a column's values of
+// a group together).
+template <typename Format>
+void quantized_linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
+  const QuantizedMatrix<Format> m(lin.packed, lin.d_in, lin.d_out);
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (lin.d_out >= 64)
+  for (int j = 0; j < lin.d_out; ++j)
+    for (int r = 0; r < n; ++r) {
+      const float* xr = x + size_t(r) * lin.d_in;
+      float acc = 0;
+      for (int b = 0; b < m.blocks; ++b) {
+        const int k0 = b * kQuantBlock, k1 = std::min(lin.d_in, k0 + kQuantBlock);
+        float s = 0;
+        for (int k = k0; k < k1; ++k)
+          s += xr[k] * float(Format::q(m.group_bytes(k, j), k % Format::kGroup));
+        acc += m.scale(b, j) * s;
+      }
+      out[size_t(r) * lin.d_out + j] = lin.b ? acc + lin.b[j] : acc;
     }
-    return acc;
-  } else if constexpr (Format::kFormat == WeightFormat::native) {
-    return dot<2 * kLanes<T>, Format>(x, row, d);
-  } else {
-    return dot<1, Format>(x, row, d);
-  }
 }
 
+// --- unembed ----------------------------------------------------------------------------------
+
+// x·row for one row of the tied embedding. Native weights sum in 2·kLanes partial sums
+// (vectorised), bf16 ones in order: the orders their results were first computed in.
+template <typename Format, typename T>
+inline T dot_row(const T* x, const typename Format::Storage* row, int d) {
+  if constexpr (Format::kFormat == WeightFormat::native)
+    return dot<2 * kLanes<T>, Format>(x, row, d);
+  else
+    return dot<1, Format>(x, row, d);
+}
+
+// Unquantized formats (unembed.cpp hands the quantized ones to linear).
 template <typename Format, typename T>
 void unembed(Format, const T* x, int n, const T* wte, const Packed& wte_packed, int n_vocab, int d,
              T* out) {
   const auto* values = stored_values<Format>(wte, wte_packed);
-  // Scales per row of wte (scaled formats).
-  const int n_scales = Format::kBlock > 0 ? (d + Format::kBlock - 1) / Format::kBlock : 0;
   // Groups of vocabulary rows small enough to stay in cache while every x row visits them.
   constexpr int kGroupRows = 64;
   const int n_groups = (n_vocab + kGroupRows - 1) / kGroupRows;
@@ -207,12 +207,9 @@ void unembed(Format, const T* x, int n, const T* wte, const Packed& wte_packed, 
   for (int g = 0; g < n_groups; ++g) {
     const int v_end = std::min(n_vocab, (g + 1) * kGroupRows);
     for (int r = 0; r < n; ++r)
-      for (int v = g * kGroupRows; v < v_end; ++v) {
-        const float* scales =
-            Format::kBlock > 0 ? wte_packed.scales + size_t(v) * n_scales : nullptr;
+      for (int v = g * kGroupRows; v < v_end; ++v)
         out[size_t(r) * n_vocab + v] =
-            dot_row<Format>(x + size_t(r) * d, values + size_t(v) * d, scales, d);
-      }
+            dot_row<Format>(x + size_t(r) * d, values + size_t(v) * d, d);
   }
 }
 

@@ -102,16 +102,12 @@ struct Vec<float> {
   }
 
   // W stored weights as float32 (see weight_format.hpp): bf16 is a 16-bit shift of the
-  // zero-extended bits, int8 a sign extension and a conversion. The partial forms read only the
+  // zero-extended bits. The partial forms read only the
   // first n < W values and zero the other lanes (never reading past them: the matrix may end).
   static V widen(const float* p) { return load(p); }
   static V widen(const Bf16* p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(
         _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-  }
-  static V widen(const int8_t* p) {
-    return _mm512_cvtepi32_ps(
-        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
   static V widen(const float* p, int n) { return n >= W ? widen(p) : load(p, mask(n)); }
   static V widen(const Bf16* p, int n) {
@@ -119,13 +115,46 @@ struct Vec<float> {
     return _mm512_castsi512_ps(
         _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(n), p)), 16));
   }
-  static V widen(const int8_t* p, int n) {
-    if (n >= W) return widen(p);
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask(n), p)));
-  }
 
   // Into L1, ahead of a stream the hardware prefetchers do not keep up with.
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+
+  // --- integer dot products of the quantized formats (linear_quantized.cpp) ---------------------
+  // I holds W 32-bit lanes; a lane of weight bytes is four values of k of one column.
+  using I = __m512i;
+  // Activations are signed digits of kPlaneBits bits; dot_bytes must not overflow with them.
+  static constexpr int kPlaneBits = 8;
+  static I izero() { return _mm512_setzero_si512(); }
+  static I iset1(int32_t x) { return _mm512_set1_epi32(x); }
+  static I iload(const void* p) { return _mm512_loadu_si512(p); }
+  static I iadd(I a, I b) { return _mm512_add_epi32(a, b); }
+  template <int kBits>
+  static I ishl(I a) {
+    return _mm512_slli_epi32(a, kBits);
+  }
+  // acc + Σ_i u[4l + i]·s[4l + i] per lane l, u unsigned and s signed bytes (VNNI vpdpbusd).
+  static I dot_bytes(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  static I low_nibbles(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0F)); }
+  static I high_nibbles(I v) {
+    return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
+  }
+  static V to_float(I v) { return _mm512_cvtepi32_ps(v); }
+  static V abs(V v) { return _mm512_abs_ps(v); }
+  static I to_int(V v) { return _mm512_cvtps_epi32(v); }  // round to nearest even
+  static I isub(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static I iand(I a, I b) { return _mm512_and_si512(a, b); }
+  template <int kBits>
+  static I isra(I a) {
+    return _mm512_srai_epi32(a, kBits);
+  }
+  static int32_t isum(I v) { return _mm512_reduce_add_epi32(v); }
+  // The W lanes' low bytes (each lane in [-128, 127]) to p[0 .. W).
+  static void store_bytes(int8_t* p, I v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
+  }
+  static V load_half(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
 };
 
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -210,10 +239,6 @@ struct Vec<float> {
     return _mm256_castsi256_ps(_mm256_slli_epi32(
         _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
   }
-  static V widen(const int8_t* p) {
-    return _mm256_cvtepi32_ps(
-        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  }
   static V widen(const float* p, int n) { return n >= W ? widen(p) : load(p, mask(n)); }
   template <typename E>
   static V widen(const E* p, int n) {
@@ -224,6 +249,51 @@ struct Vec<float> {
   }
 
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+
+  // --- integer dot products of the quantized formats, as in the AVX-512 Vec -------------------
+  using I = __m256i;
+  // Without VNNI, pairs of products are summed in 16 bits (vpmaddubsw saturates): 255·64·2 fits,
+  // 255·128·2 does not, so activations are 7-bit digits.
+  static constexpr int kPlaneBits = 7;
+  static I izero() { return _mm256_setzero_si256(); }
+  static I iset1(int32_t x) { return _mm256_set1_epi32(x); }
+  static I iload(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+  static I iadd(I a, I b) { return _mm256_add_epi32(a, b); }
+  template <int kBits>
+  static I ishl(I a) {
+    return _mm256_slli_epi32(a, kBits);
+  }
+  static I dot_bytes(I acc, I u, I s) {
+    return _mm256_add_epi32(acc,
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  }
+  static I low_nibbles(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0F)); }
+  static I high_nibbles(I v) {
+    return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+  }
+  static V to_float(I v) { return _mm256_cvtepi32_ps(v); }
+  static V abs(V v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+  static I to_int(V v) { return _mm256_cvtps_epi32(v); }
+  static I isub(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static I iand(I a, I b) { return _mm256_and_si256(a, b); }
+  template <int kBits>
+  static I isra(I a) {
+    return _mm256_srai_epi32(a, kBits);
+  }
+  static int32_t isum(I v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+  }
+  static void store_bytes(int8_t* p, I v) {
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(v, v), _mm256_setzero_si256());
+    const __m128i lo = _mm256_castsi256_si128(b), hi = _mm256_extracti128_si256(b, 1);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_unpacklo_epi32(lo, hi));
+  }
+  static V load_half(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
 };
 
 #endif

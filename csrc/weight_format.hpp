@@ -4,6 +4,8 @@
 // widening loads.
 #pragma once
 
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -22,24 +24,23 @@ namespace GPT2GEN_ISA_NS {
 enum class Bf16 : uint16_t {};
 
 // A weight format's traits:
-//   kFormat    its WeightFormat;
-//   Storage    the type of one stored value (matrices keep GPT-2's layout, one value each);
-//   widen(s)   the stored value as the activations' type, exactly;
-//   kBlock     0, or the number of consecutive values along the dimension a product reduces over
-//              that share one float32 scale (value = widen(s)·scale, see model.hpp's Packed).
+//   kFormat     its WeightFormat;
+//   kQuantized  false: one stored value per element in GPT-2's layout, of type Storage, widen(s)
+//               its value as the activations' type, exactly; true: the quantized layout of
+//               model.hpp, read through QuantizedMatrix below.
 // Packed formats hold float32 models' weights only (python/gpt2gen/packing.py).
 template <typename T>
 struct NativeFormat {
   static constexpr WeightFormat kFormat = WeightFormat::native;
+  static constexpr bool kQuantized = false;
   using Storage = T;
-  static constexpr int kBlock = 0;
   static T widen(T w) { return w; }
 };
 
 struct Bf16Format {
   static constexpr WeightFormat kFormat = WeightFormat::bf16;
+  static constexpr bool kQuantized = false;
   using Storage = Bf16;
-  static constexpr int kBlock = 0;
   static float widen(Bf16 w) {
     const uint32_t bits = uint32_t(w) << 16;
     float f;
@@ -48,14 +49,84 @@ struct Bf16Format {
   }
 };
 
+// float16 bits → float32, exactly (the int4 scales).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1Fu,
+                 mantissa = h & 0x3FFu;
+  uint32_t bits;
+  if (exponent == 0) {  // zero or subnormal: mantissa·2^-24, exact in float32
+    const float magnitude = std::ldexp(float(mantissa), -24);
+    std::memcpy(&bits, &magnitude, sizeof bits);
+  } else if (exponent == 31) {  // inf / NaN
+    bits = 0x7F800000u | (mantissa << 13);
+  } else {
+    bits = ((exponent + 112) << 23) | (mantissa << 13);
+  }
+  bits |= sign;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// The quantized formats (model.hpp): q stored as q + kOffset in four bytes per column per group
+// of kGroup values of k; q(bytes, i) reads the i-th value of a column's group.
 struct Int8Format {
   static constexpr WeightFormat kFormat = WeightFormat::int8;
-  using Storage = int8_t;
-  static constexpr int kBlock = kQuantBlock;
-  static float widen(int8_t q) { return float(q); }
+  static constexpr bool kQuantized = true;
+  static constexpr int kGroup = 4;
+  static constexpr int kOffset = 128;
+  static int q(const uint8_t* bytes, int i) { return int(bytes[i]) - kOffset; }
+  static float scale(const void* scales, size_t i) { return static_cast<const float*>(scales)[i]; }
 };
 
-// The stored values of a matrix given as a native array (null when packed) and its Packed view.
+struct Int4Format {
+  static constexpr WeightFormat kFormat = WeightFormat::int4;
+  static constexpr bool kQuantized = true;
+  static constexpr int kGroup = 8;
+  static constexpr int kOffset = 8;
+  static int q(const uint8_t* bytes, int i) {
+    return int(i < 4 ? bytes[i] & 0xF : bytes[i - 4] >> 4) - kOffset;
+  }
+  static float scale(const void* scales, size_t i) {
+    return half_to_float(static_cast<const uint16_t*>(scales)[i]);
+  }
+};
+
+// A quantized matrix w[d_in, d_out] (the product reduces over d_in) in model.hpp's layout.
+template <typename Format>
+struct QuantizedMatrix {
+  static_assert(Format::kQuantized, "a quantized format");
+  const uint8_t* data;
+  const void* scales;
+  int d_in, d_out;
+  int blocks;  // of kQuantBlock rows: d_in padded
+  int groups;  // of Format::kGroup rows, per panel
+
+  QuantizedMatrix(const Packed& packed, int d_in, int d_out)
+      : data(static_cast<const uint8_t*>(packed.data)),
+        scales(packed.scales),
+        d_in(d_in),
+        d_out(d_out),
+        blocks((d_in + kQuantBlock - 1) / kQuantBlock),
+        groups(blocks * (kQuantBlock / Format::kGroup)) {}
+
+  // Column j's four bytes of the group holding row k.
+  const uint8_t* group_bytes(int k, int j) const {
+    return data + (size_t(j / kQuantPanel) * groups + k / Format::kGroup) * (4 * kQuantPanel) +
+           (j % kQuantPanel) * 4;
+  }
+  float scale(int block, int j) const {
+    return Format::scale(
+        scales, (size_t(j / kQuantPanel) * blocks + block) * kQuantPanel + j % kQuantPanel);
+  }
+  // The float32 value w[k, j] stands for.
+  float value(int k, int j) const {
+    return float(Format::q(group_bytes(k, j), k % Format::kGroup)) * scale(k / kQuantBlock, j);
+  }
+};
+
+// The stored values of a matrix of an unquantized format given as a native array (null when
+// packed) and its Packed view.
 template <typename Format, typename T>
 const typename Format::Storage* stored_values(const T* native, const Packed& packed) {
   if constexpr (Format::kFormat == WeightFormat::native)
@@ -76,6 +147,9 @@ void with_weight_format(WeightFormat format, Fn&& f) {
       break;
     case WeightFormat::int8:
       if constexpr (kFloat32) return f(Int8Format{});
+      break;
+    case WeightFormat::int4:
+      if constexpr (kFloat32) return f(Int4Format{});
       break;
     default: throw std::invalid_argument("unknown weight format " + std::to_string(int(format)));
   }

@@ -713,7 +713,7 @@ def test_a_model_file_points_to_its_directory(tmp_path):
 @pytest.mark.parametrize("dtype", ["fp16", "float16", "bfloat16", [1]])
 def test_a_bad_dtype_names_the_choices(tmp_path, dtype):
     model_dir, _ = make_numpy_gpt2(tmp_path)
-    with pytest.raises(CheckpointError, match=r"dtype must be float32, float64, 'bf16' or 'int8'"):
+    with pytest.raises(CheckpointError, match=r"dtype must be float32, float64, 'bf16', 'int8' or 'int4'"):
         load_pretrained(model_dir, dtype=dtype)
 
 

@@ -1,5 +1,5 @@
-// Micro-benchmarks of the kernels at GPT-2 124M shapes (float32 weights, and packed bf16 / int8
-// ones: fmt 0 / 1, GB/s counting the packed bytes and int8 scales), called through the backend
+// Micro-benchmarks of the kernels at GPT-2 124M shapes (float32 weights, and packed bf16 / int8 /
+// int4 ones: fmt 0 / 1 / 2, GB/s counting the packed bytes and scales), called through the backend
 // table the engine uses (GPT2GEN_ISA / the CPU pick the instruction set, OMP_NUM_THREADS or the
 // default the thread count). Each kernel's output is first checked against a plain scalar loop
 // (double accumulation); a mismatch aborts with a message before anything is timed.
@@ -276,7 +276,7 @@ void BM_unembed(benchmark::State& state) {
   set_counters(state, double(kVocab) * d * 4, 2.0 * n * kVocab * d);
 }
 
-// --- packed (bf16, int8) linear and unembed ---------------------------------------------------
+// --- packed (bf16, int8, int4) linear and unembed ---------------------------------------------
 
 // float32 → bf16 bits, rounding to nearest even (finite inputs), as python/gpt2gen/packing.py.
 uint16_t to_bf16(float f) {
@@ -291,15 +291,18 @@ float from_bf16(uint16_t b) {
   return f;
 }
 
-// A packed [rows, cols] matrix; int8 blocks of kQuantBlock along rows (reduce_rows, a linear's
-// W[in, out]) or along cols (wte[n_vocab, d]).
+// A packed [rows, cols] matrix whose product reduces over the rows (reduce_rows, a linear's
+// W[in, out]) or the columns (wte[n_vocab, d]), packed as python/gpt2gen/packing.py does
+// (quantized formats: model.hpp's layout); value(i, j) is what element [i, j] stands for.
 struct PackedMatrix {
   WeightFormat format;
   int rows, cols;
   bool reduce_rows;
   std::vector<uint16_t> bf16;
-  std::vector<int8_t> q;
-  std::vector<float> scales;
+  std::vector<uint8_t> data;
+  std::vector<float> scales;          // int8
+  std::vector<uint16_t> half_scales;  // int4
+  std::vector<float> values;          // quantized: [d_in, d_out]
 
   PackedMatrix(const std::vector<float>& w, int rows, int cols, WeightFormat format,
                bool reduce_rows)
@@ -309,44 +312,67 @@ struct PackedMatrix {
       for (size_t i = 0; i < w.size(); ++i) bf16[i] = to_bf16(w[i]);
       return;
     }
-    q.resize(w.size());
-    const int nb = ((reduce_rows ? rows : cols) + kQuantBlock - 1) / kQuantBlock;
-    scales.assign(reduce_rows ? size_t(nb) * cols : size_t(rows) * nb, 0.0f);
-    auto scale_at = [&](int i, int j) -> float& {
-      return reduce_rows ? scales[size_t(i / kQuantBlock) * cols + j]
-                         : scales[size_t(i) * nb + j / kQuantBlock];
+    const bool int8 = format == WeightFormat::int8;
+    const int d_in = reduce_rows ? rows : cols, d_out = reduce_rows ? cols : rows;
+    const int blocks = (d_in + kQuantBlock - 1) / kQuantBlock;
+    const int panels = (d_out + kQuantPanel - 1) / kQuantPanel, group = int8 ? 4 : 8;
+    const size_t groups = size_t(blocks) * kQuantBlock / group;
+    data.assign(size_t(panels) * groups * 4 * kQuantPanel, int8 ? 128 : 0x88);  // q = 0
+    if (int8)
+      scales.assign(size_t(panels) * blocks * kQuantPanel, 0.0f);
+    else
+      half_scales.assign(size_t(panels) * blocks * kQuantPanel, 0);
+    values.assign(size_t(d_in) * d_out, 0.0f);
+    auto at = [&](int k, int j) {
+      return reduce_rows ? w[size_t(k) * cols + j] : w[size_t(j) * cols + k];
     };
-    for (int i = 0; i < rows; ++i)
-      for (int j = 0; j < cols; ++j) {
-        float& s = scale_at(i, j);
-        s = std::max(s, std::abs(w[size_t(i) * cols + j]) / 127.0f);
-      }
-    for (int i = 0; i < rows; ++i)
-      for (int j = 0; j < cols; ++j) {
-        const float s = scale_at(i, j);
-        const float v = s > 0 ? std::nearbyint(w[size_t(i) * cols + j] / s) : 0.0f;
-        q[size_t(i) * cols + j] = int8_t(std::max(-127.0f, std::min(127.0f, v)));
+    for (int j = 0; j < d_out; ++j)
+      for (int b = 0; b < blocks; ++b) {
+        const int k0 = b * kQuantBlock, k1 = std::min(d_in, k0 + kQuantBlock);
+        float largest = 0;  // the value of largest magnitude
+        for (int k = k0; k < k1; ++k)
+          if (std::abs(at(k, j)) > std::abs(largest)) largest = at(k, j);
+        const size_t si = (size_t(j / kQuantPanel) * blocks + b) * kQuantPanel + j % kQuantPanel;
+        float step;
+        if (int8) {
+          step = scales[si] = std::abs(largest) / 127.0f;
+        } else {
+          const _Float16 h = _Float16(largest / -8.0f);
+          std::memcpy(&half_scales[si], &h, 2);
+          step = float(h);
+        }
+        for (int k = k0; k < k1; ++k) {
+          const float v = step != 0 ? std::nearbyint(at(k, j) / step) : 0.0f;
+          const int q = int(std::max(int8 ? -127.0f : -8.0f, std::min(int8 ? 127.0f : 7.0f, v)));
+          values[size_t(k) * d_out + j] = float(q) * step;
+          uint8_t& byte = data[(size_t(j / kQuantPanel) * groups + k / group) * 4 * kQuantPanel +
+                               (j % kQuantPanel) * 4 + k % 4];
+          if (int8)
+            byte = uint8_t(q + 128);
+          else if (k % 8 < 4)
+            byte = uint8_t((byte & 0xF0) | (q + 8));
+          else
+            byte = uint8_t((byte & 0x0F) | ((q + 8) << 4));
+        }
       }
   }
   Packed packed() const {
     if (format == WeightFormat::bf16) return {format, bf16.data(), nullptr};
-    return {format, q.data(), scales.data()};
+    if (format == WeightFormat::int8) return {format, data.data(), scales.data()};
+    return {format, data.data(), half_scales.data()};
   }
   double value(int i, int j) const {
-    const size_t k = size_t(i) * cols + j;
-    if (format == WeightFormat::bf16) return from_bf16(bf16[k]);
-    const int nb = (cols + kQuantBlock - 1) / kQuantBlock;
-    const float s = reduce_rows ? scales[size_t(i / kQuantBlock) * cols + j]
-                                : scales[size_t(i) * nb + j / kQuantBlock];
-    return double(q[k]) * s;
+    if (format == WeightFormat::bf16) return from_bf16(bf16[size_t(i) * cols + j]);
+    return reduce_rows ? values[size_t(i) * cols + j] : values[size_t(j) * rows + i];
   }
   double bytes() const {
-    return format == WeightFormat::bf16 ? 2.0 * bf16.size()
-                                        : double(q.size()) + 4.0 * scales.size();
+    return 2.0 * bf16.size() + double(data.size()) + 4.0 * scales.size() + 2.0 * half_scales.size();
   }
 };
 
-const char* format_name(WeightFormat f) { return f == WeightFormat::bf16 ? "bf16" : "int8"; }
+const char* format_name(WeightFormat f) {
+  return f == WeightFormat::bf16 ? "bf16" : f == WeightFormat::int8 ? "int8" : "int4";
+}
 
 struct PackedLinearSet {
   int d_in, d_out;
@@ -355,7 +381,7 @@ struct PackedLinearSet {
   std::vector<std::vector<float>> b;
   PackedLinearSet(int d_in, int d_out, WeightFormat format)
       : d_in(d_in), d_out(d_out), format(format) {
-    const size_t bytes = size_t(d_in) * d_out * (format == WeightFormat::bf16 ? 2 : 1);
+    const size_t bytes = size_t(d_in) * d_out * (format == WeightFormat::bf16 ? 2 : 1);  // ≥ int4
     const int copies = int(std::max<size_t>(1, (kRotateBytes + bytes - 1) / bytes));
     for (int c = 0; c < copies; ++c) {
       w.push_back(std::make_unique<PackedMatrix>(random_vec(size_t(d_in) * d_out, 100 + c, 0.05f),
@@ -378,8 +404,10 @@ PackedLinearSet& packed_linear_set(int d_in, int d_out, WeightFormat format) {
   return *sets.back();
 }
 
-// range(0): 0 = bf16, 1 = int8.
-WeightFormat format_arg(int64_t a) { return a == 0 ? WeightFormat::bf16 : WeightFormat::int8; }
+// range(0): 0 = bf16, 1 = int8, 2 = int4.
+WeightFormat format_arg(int64_t a) {
+  return a == 0 ? WeightFormat::bf16 : a == 1 ? WeightFormat::int8 : WeightFormat::int4;
+}
 
 void BM_linear_packed(benchmark::State& state) {
   const WeightFormat format = format_arg(state.range(0));
@@ -422,8 +450,8 @@ void BM_linear_packed(benchmark::State& state) {
 void BM_unembed_packed(benchmark::State& state) {
   const WeightFormat format = format_arg(state.range(0));
   const int n = int(state.range(1)), d = kEmbd;
-  static std::unique_ptr<PackedMatrix> packed[2];
-  auto& wte = packed[format == WeightFormat::bf16 ? 0 : 1];
+  static std::unique_ptr<PackedMatrix> packed[3];
+  auto& wte = packed[state.range(0)];
   if (!wte)
     wte = std::make_unique<PackedMatrix>(random_vec(size_t(kVocab) * d, 10, 0.1f), kVocab, d,
                                          format, false);
@@ -613,7 +641,7 @@ void linear_args(benchmark::internal::Benchmark* b) {
 }
 
 void packed_linear_args(benchmark::internal::Benchmark* b) {
-  for (int f : {0, 1})
+  for (int f : {0, 1, 2})
     for (int n : {1, 8, 128})
       for (auto& s : kShapes) b->Args({f, n, s[0], s[1]});
 }
@@ -634,8 +662,10 @@ BENCHMARK(BM_linear_packed)
 BENCHMARK(BM_unembed_packed)
     ->Args({0, 1})
     ->Args({1, 1})
+    ->Args({2, 1})
     ->Args({0, 8})
     ->Args({1, 8})
+    ->Args({2, 8})
     ->ArgNames({"fmt", "n"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

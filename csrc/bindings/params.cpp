@@ -29,17 +29,19 @@ class ParamReader {
     return node[key];
   }
 
-  // The array at node[key]: dtype U, the given shape, C-contiguous and aligned, read in place.
+  // The array at node[key]: dtype U (or `dtype`), the given shape, C-contiguous and aligned, read
+  // in place.
   template <typename U>
   const U* typed_array(py::handle node, const char* key, const std::string& path,
-                       const std::vector<py::ssize_t>& shape, const std::string& dtype_rule) {
+                       const std::vector<py::ssize_t>& shape, const std::string& dtype_rule,
+                       const py::dtype& dtype = py::dtype::of<U>()) {
     const std::string name = path.empty() ? key : path + "." + key;
     py::object obj = child(node, key, path);
     if (!py::isinstance<py::array>(obj))
       throw py::type_error("params '" + name + "' must be a NumPy array, got " +
                            std::string(py::str(py::type::handle_of(obj))));
     py::array arr = py::reinterpret_borrow<py::array>(obj);
-    if (!py::isinstance<py::array_t<U>>(arr))
+    if (!arr.dtype().equal(dtype))
       throw py::type_error("params '" + name + "' has dtype " + std::string(py::str(arr.dtype())) +
                            " but " + dtype_rule);
     std::vector<py::ssize_t> actual(arr.shape(), arr.shape() + arr.ndim());
@@ -65,11 +67,13 @@ class ParamReader {
                               "(gpt2gen reads them in place and never converts them silently)");
   }
 
-  // node[key] as a matrix [rows, cols]: an array of the parameters' dtype, or a packed dict
-  // {"format": "bf16", "data": uint16} / {"format": "int8", "data": int8, "scales": float32
-  // scales_shape} made by gpt2gen.pack_params.
+  // node[key] as a matrix [rows, cols]: an array of the parameters' dtype, or a packed dict made
+  // by gpt2gen.pack_params: {"format": "bf16", "data": uint16 [rows, cols]}, or a quantized one
+  // {"format": "int8" | "int4", "shape": (rows, cols), "data": uint8, "scales": float32 |
+  // float16} in model.hpp's layout, whose product reduces over the rows (a linear's w) or, with
+  // reduce_rows false, the columns (wte, stored as wteᵀ).
   const T* matrix(py::handle node, const char* key, const std::string& path, py::ssize_t rows,
-                  py::ssize_t cols, const std::vector<py::ssize_t>& scales_shape, Packed& packed) {
+                  py::ssize_t cols, bool reduce_rows, Packed& packed) {
     py::object m = child(node, key, path);
     if (!is_mapping(m)) return array(node, key, path, {rows, cols});
     const std::string p = path.empty() ? key : path + "." + key;
@@ -81,16 +85,41 @@ class ParamReader {
       packed = {WeightFormat::bf16,
                 typed_array<uint16_t>(m, "data", p, {rows, cols}, rule + ", whose data is uint16"),
                 nullptr};
-    } else if (format == "int8") {
-      packed = {
-          WeightFormat::int8,
-          typed_array<int8_t>(m, "data", p, {rows, cols}, rule + ", whose data is int8"),
-          typed_array<float>(m, "scales", p, scales_shape, rule + ", whose scales are float32")};
-    } else {
-      throw py::value_error("params '" + p + ".format' is '" + format +
-                            "'; packed formats are 'bf16' and 'int8'");
+      return nullptr;
     }
+    const bool int8 = format == "int8";
+    if (!int8 && format != "int4")
+      throw py::value_error("params '" + p + ".format' is '" + format +
+                            "'; packed formats are 'bf16', 'int8' and 'int4'");
+    if (packed_shape(m, p) != std::pair{rows, cols})
+      throw py::value_error("params '" + p + ".shape' is " + std::string(py::str(m["shape"])) +
+                            ", expected (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                            ")");
+    const py::ssize_t d_in = reduce_rows ? rows : cols, d_out = reduce_rows ? cols : rows;
+    const py::ssize_t panels = (d_out + kQuantPanel - 1) / kQuantPanel, blocks = blocks_of(d_in);
+    const py::ssize_t groups = blocks * kQuantBlock / (int8 ? 4 : 8);
+    const std::vector<py::ssize_t> scales_shape{panels, blocks, kQuantPanel};
+    packed.format = int8 ? WeightFormat::int8 : WeightFormat::int4;
+    packed.data = typed_array<uint8_t>(m, "data", p, {panels, groups, 4 * kQuantPanel},
+                                       rule + ", whose data is uint8");
+    packed.scales =
+        int8 ? static_cast<const void*>(typed_array<float>(m, "scales", p, scales_shape,
+                                                           rule + ", whose scales are float32"))
+             : typed_array<uint16_t>(m, "scales", p, scales_shape,
+                                     rule + ", whose scales are float16", py::dtype("float16"));
     return nullptr;
+  }
+
+  // The (rows, cols) a quantized dict's "shape" names.
+  std::pair<py::ssize_t, py::ssize_t> packed_shape(py::handle m, const std::string& path) {
+    py::object shape = child(m, "shape", path);
+    if (!py::isinstance<py::sequence>(shape) || py::len(shape) != 2)
+      throw py::type_error("params '" + path + ".shape' must be a pair of ints (rows, cols)");
+    py::sequence pair = py::reinterpret_borrow<py::sequence>(shape);
+    for (py::handle v : pair)
+      if (!py::isinstance<py::int_>(v) && !py::hasattr(v, "__index__"))
+        throw py::type_error("params '" + path + ".shape' must be a pair of ints (rows, cols)");
+    return {pair[0].cast<py::ssize_t>(), pair[1].cast<py::ssize_t>()};
   }
 
   LayerNormWeights<T> layer_norm(py::handle node, const char* key, const std::string& path,
@@ -106,10 +135,18 @@ class ParamReader {
     const std::string p = path + "." + key;
     LinearWeights<T> out{nullptr, array(lin, "b", p, {d_out}), static_cast<int>(d_in),
                          static_cast<int>(d_out)};
-    out.w = matrix(lin, "w", p, d_in, d_out, {blocks_of(d_in), d_out}, out.packed);
+    out.w = matrix(lin, "w", p, d_in, d_out, true, out.packed);
     return out;
   }
 };
+
+// The shape of a 2-D array (wte).
+std::pair<py::ssize_t, py::ssize_t> array_shape2(py::array a, const char* name) {
+  if (a.ndim() != 2)
+    throw py::value_error(std::string("params '") + name + "' must be 2-D [n_vocab, n_embd], got " +
+                          std::to_string(a.ndim()) + "-D");
+  return {a.shape(0), a.shape(1)};
+}
 
 py::ssize_t checked_dim(py::ssize_t d, const char* what) {
   if (d < 1 || d > std::numeric_limits<int32_t>::max())
@@ -123,27 +160,29 @@ Weights<T> read_weights(py::handle params, int n_head, ParamReader<T>& reader) {
   Weights<T> w;
   // The shapes come from wte (or its packed data) and wpe; every array is then checked by them.
   py::object wte_node = reader.child(params, "wte", "");
-  py::object wte_shape = is_mapping(wte_node) ? reader.child(wte_node, "data", "wte") : wte_node;
+  const bool quantized_wte = is_mapping(wte_node) && wte_node.contains("shape");
+  py::object wte_shape = !is_mapping(wte_node) ? wte_node
+                         : quantized_wte       ? wte_node["shape"]
+                                               : reader.child(wte_node, "data", "wte");
   py::object wpe_shape = reader.child(params, "wpe", "");
   for (auto [name, obj] : {std::pair{"wte", wte_shape}, std::pair{"wpe", wpe_shape}})
-    if (!py::isinstance<py::array>(obj))
+    if (!(py::isinstance<py::array>(obj) || (name == std::string("wte") && quantized_wte)))
       throw py::type_error(std::string("params '") + name + "' must be a NumPy array, got " +
                            std::string(py::str(py::type::handle_of(obj))));
-  py::array wte = wte_shape, wpe = wpe_shape;
-  if (wte.ndim() != 2)
-    throw py::value_error("params 'wte' must be 2-D [n_vocab, n_embd], got " +
-                          std::to_string(wte.ndim()) + "-D");
+  const auto [wte_rows, wte_cols] =
+      quantized_wte ? reader.packed_shape(wte_node, "wte") : array_shape2(wte_shape, "wte");
+  py::array wpe = wpe_shape;
   if (wpe.ndim() != 2)
     throw py::value_error("params 'wpe' must be 2-D [n_ctx, n_embd], got " +
                           std::to_string(wpe.ndim()) + "-D");
-  const py::ssize_t n_vocab = checked_dim(wte.shape(0), "n_vocab (wte.shape[0])");
-  const py::ssize_t d = checked_dim(wte.shape(1), "n_embd (wte.shape[1])");
+  const py::ssize_t n_vocab = checked_dim(wte_rows, "n_vocab (wte.shape[0])");
+  const py::ssize_t d = checked_dim(wte_cols, "n_embd (wte.shape[1])");
   const py::ssize_t n_ctx = checked_dim(wpe.shape(0), "n_ctx (wpe.shape[0])");
   w.n_vocab = static_cast<int>(n_vocab);
   w.n_embd = static_cast<int>(d);
   w.n_ctx = static_cast<int>(n_ctx);
   w.n_head = n_head;
-  w.wte = reader.matrix(params, "wte", "", n_vocab, d, {n_vocab, blocks_of(d)}, w.wte_packed);
+  w.wte = reader.matrix(params, "wte", "", n_vocab, d, false, w.wte_packed);
   w.wpe = reader.array(params, "wpe", "", {n_ctx, d});
   w.ln_f = reader.layer_norm(params, "ln_f", "", d);
 
@@ -225,6 +264,15 @@ void Model::init(py::handle params, int n_head) {
   weights_ = read_weights<T>(params, n_head, reader);
   arrays_ = reader.arrays;
   addresses_ = reader.addresses;
+}
+
+LinearWeights<float> read_linear(py::handle lin, int d_in, int d_out, py::list& keep_alive) {
+  ParamReader<float> reader;
+  py::dict holder;
+  holder["linear"] = lin;
+  LinearWeights<float> out = reader.linear(holder, "linear", "", d_in, d_out);
+  for (py::handle a : reader.arrays) keep_alive.append(a);
+  return out;
 }
 
 }  // namespace gpt2gen::bindings

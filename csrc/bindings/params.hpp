@@ -37,4 +37,8 @@ class Model {
   std::vector<std::pair<std::string, uintptr_t>> addresses_;
 };
 
+// A float32 linear {"w": array or packed dict, "b": array} of [d_in, d_out] read in place, as
+// Model reads a block's (the testing module's kernel tests); keep_alive holds its arrays.
+LinearWeights<float> read_linear(py::handle lin, int d_in, int d_out, py::list& keep_alive);
+
 }  // namespace gpt2gen::bindings

@@ -106,6 +106,18 @@ void bind_kernels(py::module_& m) {
       return out;
     });
   });
+  // linear's float32 kernels with w in any format: lin = {"w": array or packed dict, "b": array}.
+  m.def("packed_linear", [](py::array_t<float> x, py::handle lin, int d_out) {
+    require(x.ndim() == 2 && (x.flags() & py::array::c_style), "x must be a C-contiguous [n, in]");
+    const int n = x.shape(0), d_in = x.shape(1);
+    py::list keep_alive;
+    const LinearWeights<float> weights = read_linear(lin, d_in, d_out, keep_alive);
+    py::array_t<float> out({n, d_out});
+    float* o = out.mutable_data();
+    py::gil_scoped_release release;
+    backend().kernels<float>().linear(x.data(), n, weights, o);
+    return out;
+  });
   m.def("unembed", [](py::handle x_obj, py::handle wte_obj) {
     return dispatch_array(x_obj, [&](auto t) -> py::object {
       using T = decltype(t);

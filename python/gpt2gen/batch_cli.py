@@ -90,7 +90,7 @@ def parse_args(argv):
         "--dtype",
         choices=["float32", *FORMATS],
         default="float32",
-        help="weights as stored (float32, default) or packed once to bf16 / int8",
+        help="weights as stored (float32, default) or packed once to bf16 / int8 / int4",
     )
     p.add_argument(
         "--models-dir", help="where downloaded models are kept (default: the Hugging Face cache)"

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Callable
 
+from .packing import FORMATS
+
 EPILOG = """\
 examples:
   gpt2gen "hello" -n 5                                  the exercise's dummy model
@@ -62,8 +64,8 @@ def parse_args(argv):
                    help="model name or directory (default: the exercise's dummy model)")
     p.add_argument("--models-dir",
                    help="where downloaded models are kept (default: the Hugging Face cache)")
-    p.add_argument("--dtype", choices=["float32", "bf16", "int8"], default="float32",
-                   help="weights as stored (float32, default) or packed once to bf16 / int8")
+    p.add_argument("--dtype", choices=["float32", *FORMATS], default="float32",
+                   help="weights as stored (float32, default) or packed once to bf16 / int8 / int4")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow loading a pickled pytorch_model.bin (can run code: trusted files only)")
     p.add_argument("--threads", type=int, metavar="N",

@@ -1,4 +1,4 @@
-"""Reduced-precision weights: pack a float32 params dict once into bf16 or int8.
+"""Reduced-precision weights: pack a float32 params dict once into bf16, int8 or int4.
 
 Only the matrices are packed (every block's ``c_attn``, ``c_proj``, ``c_fc``, ``mlp.c_proj``
 weights and the tied ``wte``, ~98% of GPT-2's parameters); biases, LayerNorm and ``wpe`` stay
@@ -6,10 +6,18 @@ float32, and so do activations and accumulation. A packed matrix replaces its ar
 
 - ``{"format": "bf16", "data": uint16[...]}``: the high half of each float32, rounded to nearest
   even (half the bytes);
-- ``{"format": "int8", "data": int8[...], "scales": float32[...]}``: symmetric quantization with
-  one scale per block of ``QUANT_BLOCK`` values along the dimension the product reduces over
-  (the rows of a ``W[in, out]``, the columns of ``wte``): ``value ≈ data · scale`` (a quarter of
-  the bytes, plus 1/32 of float32 scales).
+- ``{"format": "int8" | "int4", "shape": (rows, cols), "data": uint8[...], "scales": ...}``:
+  symmetric quantization with one scale per block of ``QUANT_BLOCK`` values along the dimension
+  the product reduces over (the rows of a ``W[in, out]``, the columns of ``wte``):
+  ``value = q · scale``. int8: ``q`` in [-127, 127], ``scale = max|w| / 127``, float32 scales
+  (8.5 bits a weight). int4: ``q`` in [-8, 7] with llama.cpp's q4_0 rule (the block's largest
+  magnitude maps to -8), float16 scales (4.5 bits a weight).
+
+Quantized matrices are laid out for the engine's integer dot products (csrc/model.hpp): seen as
+``w[d_in, d_out]`` reducing over ``d_in`` (``wte`` transposed), cut into panels of
+``QUANT_PANEL`` columns, each holding four bytes per column per group of 4 (int8) or 8 (int4,
+two nibbles a byte) consecutive values of ``d_in``. ``unpack_matrix`` gives back the float32
+values a packed matrix stands for.
 
 The engine reads the packed arrays in place, like any other parameter.
 """
@@ -18,8 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-FORMATS = ("bf16", "int8")
+FORMATS = ("bf16", "int8", "int4")
 QUANT_BLOCK = 32  # must match kQuantBlock in csrc/model.hpp
+QUANT_PANEL = 16  # must match kQuantPanel in csrc/model.hpp
+_GROUP = {"int8": 4, "int4": 8}  # values of d_in per four bytes of a column
 
 
 def float_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -36,34 +46,72 @@ def bf16_to_float(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def quantize_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(q, scales): blocks of QUANT_BLOCK values along ``axis`` share scale = max|w| / 127."""
-    w = np.moveaxis(np.asarray(w, dtype=np.float32), axis, -1)
-    n = w.shape[-1]
-    n_blocks = -(-n // QUANT_BLOCK)
-    padded = np.zeros(w.shape[:-1] + (n_blocks * QUANT_BLOCK,), np.float32)
-    padded[..., :n] = w
-    blocks = padded.reshape(w.shape[:-1] + (n_blocks, QUANT_BLOCK))
-    scales = np.abs(blocks).max(axis=-1) / 127
-    safe = np.where(scales > 0, scales, 1)
-    q = np.clip(np.rint(blocks / safe[..., None]), -127, 127).astype(np.int8)
-    q = q.reshape(padded.shape)[..., :n]
-    return (np.ascontiguousarray(np.moveaxis(q, -1, axis)),
-            np.ascontiguousarray(np.moveaxis(scales.astype(np.float32), -1, axis)))
+def _ceil_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
-def dequantize_int8(q: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
-    expanded = np.repeat(scales, QUANT_BLOCK, axis=axis)
-    index = [slice(None)] * q.ndim
-    index[axis] = slice(0, q.shape[axis])
-    return q.astype(np.float32) * expanded[tuple(index)]
+def quantize(w: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(q, scales) of w[d_in, d_out] in blocks of QUANT_BLOCK rows: int8 (q in [-127, 127]) or
+    int4 (q in [-8, 7]); scales [ceil(d_in / QUANT_BLOCK), d_out], as float32 / float16."""
+    w = np.asarray(w, dtype=np.float32)
+    d_in, d_out = w.shape
+    padded = np.zeros((_ceil_to(d_in, QUANT_BLOCK), d_out), np.float32)
+    padded[:d_in] = w
+    blocks = padded.reshape(-1, QUANT_BLOCK, d_out)
+    if dtype == "int8":
+        scales = np.abs(blocks).max(axis=1) / 127
+        lo, hi = -127, 127
+    else:  # q4_0: the block's largest magnitude, with its sign, maps to -8
+        index = np.abs(blocks).argmax(axis=1)[:, None, :]
+        scales = (np.take_along_axis(blocks, index, axis=1)[:, 0, :] / -8).astype(np.float16)
+        lo, hi = -8, 7
+    step = scales.astype(np.float32)
+    safe = np.where(step != 0, step, 1)[:, None, :]
+    q = np.clip(np.rint(blocks / safe), lo, hi).astype(np.int8).reshape(padded.shape)[:d_in]
+    return q, scales
+
+
+def _layout(q: np.ndarray, scales: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(data, scales) in the engine's layout (see the module docstring)."""
+    d_in, d_out = q.shape
+    rows, cols = _ceil_to(d_in, QUANT_BLOCK), _ceil_to(d_out, QUANT_PANEL)
+    panels = cols // QUANT_PANEL
+    offset = 128 if dtype == "int8" else 8
+    stored = np.full((rows, cols), offset, np.uint8)
+    stored[:d_in, :d_out] = (q.astype(np.int16) + offset).astype(np.uint8)
+    if dtype == "int8":  # [group, k % 4, panel, column] → [panel, group, column, k % 4]
+        data = stored.reshape(rows // 4, 4, panels, QUANT_PANEL).transpose(2, 0, 3, 1)
+    else:  # [group, half, k % 4, panel, column]: low nibbles k % 8 < 4, high ones the rest
+        nibbles = stored.reshape(rows // 8, 2, 4, panels, QUANT_PANEL).transpose(3, 0, 4, 1, 2)
+        data = nibbles[..., 0, :] | (nibbles[..., 1, :] << 4)
+    padded_scales = np.zeros((rows // QUANT_BLOCK, cols), scales.dtype)
+    padded_scales[:, :d_out] = scales
+    scale_layout = padded_scales.reshape(rows // QUANT_BLOCK, panels, QUANT_PANEL).transpose(1, 0, 2)
+    return (np.ascontiguousarray(data.reshape(panels, -1, 4 * QUANT_PANEL)),
+            np.ascontiguousarray(scale_layout))
+
+
+def _values(m: dict) -> np.ndarray:
+    """The float32 w[d_in, d_out] a quantized dict (in the reduce-over-rows view) stands for."""
+    dtype, data, scales = m["format"], m["data"], m["scales"]
+    panels = data.shape[0]
+    if dtype == "int8":
+        q = data.reshape(panels, -1, QUANT_PANEL, 4).transpose(1, 3, 0, 2).astype(np.int16) - 128
+    else:
+        columns = data.reshape(panels, -1, QUANT_PANEL, 4)
+        nibbles = np.stack([columns & 0x0F, columns >> 4], axis=-2)  # [panel, group, col, half, k]
+        q = nibbles.transpose(1, 3, 4, 0, 2).astype(np.int16) - 8
+    q = q.reshape(-1, panels * QUANT_PANEL)
+    step = scales.astype(np.float32).transpose(1, 0, 2).reshape(-1, panels * QUANT_PANEL)
+    return q.astype(np.float32) * np.repeat(step, QUANT_BLOCK, axis=0)
 
 
 def pack_matrix(w: np.ndarray, dtype: str, reduce_axis: int) -> dict:
     if dtype == "bf16":
         return {"format": "bf16", "data": float_to_bf16(w)}
-    q, scales = quantize_int8(w, reduce_axis)
-    return {"format": "int8", "data": q, "scales": scales}
+    view = w if reduce_axis == 0 else w.T  # [d_in, d_out]
+    data, scales = _layout(*quantize(view, dtype), dtype)
+    return {"format": dtype, "shape": tuple(w.shape), "data": data, "scales": scales}
 
 
 def unpack_matrix(m, reduce_axis: int) -> np.ndarray:
@@ -72,7 +120,10 @@ def unpack_matrix(m, reduce_axis: int) -> np.ndarray:
         return m
     if m["format"] == "bf16":
         return bf16_to_float(m["data"])
-    return dequantize_int8(m["data"], m["scales"], reduce_axis)
+    rows, cols = m["shape"]
+    d_in, d_out = (rows, cols) if reduce_axis == 0 else (cols, rows)
+    values = np.ascontiguousarray(_values(m)[:d_in, :d_out])
+    return values if reduce_axis == 0 else np.ascontiguousarray(values.T)
 
 
 def _map_matrices(params: dict, wte_fn, linear_fn) -> dict:
@@ -96,7 +147,7 @@ def _map_matrices(params: dict, wte_fn, linear_fn) -> dict:
 
 
 def pack_params(params: dict, dtype: str) -> dict:
-    """A copy of a float32 params dict with its matrices packed as ``dtype`` ("bf16" or "int8")."""
+    """A copy of a float32 params dict with its matrices packed as ``dtype`` (one of FORMATS)."""
     if dtype not in FORMATS:
         raise ValueError(f"dtype must be one of {', '.join(FORMATS)}, got {dtype!r}")
     wte = params.get("wte") if isinstance(params, dict) else None

@@ -40,11 +40,12 @@ if tuple(int(part) for part in ray.__version__.split(".")[:2]) < (2, 47):
         f'pip install -U "gpt2gen[ray]"'
     )
 
+from .packing import FORMATS  # noqa: E402
 from .server import ServerConfig, create_app  # noqa: E402 - after the checks, which name what is missing
 
 __all__ = ["AppConfig", "build_openai_app"]
 
-DTYPES = ("float32", "bf16", "int8")
+DTYPES = ("float32", *FORMATS)
 DEPLOYMENT_NAME = "gpt2gen"
 
 

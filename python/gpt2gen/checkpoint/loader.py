@@ -35,7 +35,7 @@ def load_pretrained(
     """``(encoder, hparams, params)`` as picoGPT's ``load_encoder_hparams_and_params``.
 
     ``dtype``: float32 (the default, mapped from the file), float64 (a converted copy), or
-    ``"bf16"`` / ``"int8"``: the matrices packed once by ``gpt2gen.pack_params``.
+    ``"bf16"`` / ``"int8"`` / ``"int4"``: the matrices packed once by ``gpt2gen.pack_params``.
 
     ``name_or_path``: a directory in Hugging Face layout (``config.json``, ``model.safetensors``,
     ``vocab.json``, ``merges.txt``), or one of ``gpt2``, ``gpt2-medium``, ``gpt2-large``,

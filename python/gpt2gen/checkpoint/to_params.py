@@ -91,7 +91,7 @@ def params_dtype(dtype: Any) -> np.dtype:
         resolved = None
     if resolved is None or resolved not in PARAMS_DTYPES:
         got = resolved if resolved is not None else repr(dtype)
-        raise CheckpointError(f"dtype must be float32, float64, 'bf16' or 'int8', got {got}")
+        raise CheckpointError(f"dtype must be float32, float64, 'bf16', 'int8' or 'int4', got {got}")
     return resolved
 
 

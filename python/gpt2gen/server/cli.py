@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from ..packing import FORMATS
 from . import ServerConfig, create_app, missing_extra
 
 EPILOG = """\
@@ -33,8 +34,8 @@ def parse_args(argv):
     m = p.add_argument_group("model")
     m.add_argument("-m", "--model", required=True, help="model name (gpt2 ... gpt2-xl, 124M ... 1558M) or directory")
     m.add_argument("--models-dir", help="where downloaded models are kept (default: the Hugging Face cache)")
-    m.add_argument("--dtype", choices=["float32", "bf16", "int8"], default="float32",
-                   help="weights as stored (float32, default) or packed once to bf16 / int8")
+    m.add_argument("--dtype", choices=["float32", *FORMATS], default="float32",
+                   help="weights as stored (float32, default) or packed once to bf16 / int8 / int4")
     m.add_argument("--allow-pickle", action="store_true",
                    help="allow loading a pickled pytorch_model.bin (can run code: trusted files only)")
     m.add_argument("--served-model-name", metavar="NAME",

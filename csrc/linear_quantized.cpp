@@ -1,0 +1,327 @@
+// y = x·w + b for the quantized formats (int8, int4; model.hpp's layout), with integer dot
+// products: each block of kQuantBlock activations is written exactly enough as a fixed-point
+// integer X = x·2^e (|X| < 2^kBits, about 22 bits: the block's largest value keeps float32's
+// precision to a few units in the last place, smaller ones the same absolute precision), split
+// into three signed digits of kPlaneBits bits (byte planes); the sum of q·digit over a block is
+// then exact in 32-bit integers whatever the order, on every instruction set's dot_bytes (VNNI's
+// vpdpbusd on AVX-512).
+//
+// Order of every output element (one instruction set; the same for every row count, tiling and
+// thread count, as the block sums are exact):
+//   acc = 0; per block in order:
+//     D_p = Σ_k q[k, j]·digit_p[k] for the planes p = high, mid, low (exact integers);
+//     f = fma(float(D_high), 2^(2·kPlaneBits), float(D_mid·2^kPlaneBits + D_low));
+//     acc = fma(scale[block, j]·2^-e, f, acc);
+//   out = acc + b[j].
+// Weights are stored as q + kOffset (unsigned bytes, as dot_bytes wants them): the kernels sum
+// (q + kOffset)·digit and start each plane's sum from −kOffset·Σ digit instead of zero.
+//
+// Machines without vectors (the generic build) run portable::quantized_linear: float products
+// of the dequantized values, like the reference.
+#include "linear_quantized.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "openmp.hpp"
+#include "portable.hpp"
+#include "simd.hpp"
+
+namespace gpt2gen {
+namespace GPT2GEN_ISA_NS {
+
+namespace {
+
+constexpr int kPlanes = 3;
+
+template <typename F32>  // simd::Vec<float>
+struct VectorQuantizedLinear {
+  using V = typename F32::V;
+  using I = typename F32::I;
+  using Mask = typename F32::Mask;
+  static constexpr int W = F32::W;
+  static constexpr int kBase = 1 << F32::kPlaneBits;
+  // The balanced digits of |X| < 2^kBits stay in [−kBase/2, kBase/2): the top one is at most
+  // 2^(kBits − 2·kPlaneBits) + 1.
+  static constexpr int kBits = 3 * F32::kPlaneBits - 2;
+  // Blocks whose largest |x| is below 2^kTiny count as zero (their 2^e would overflow float32);
+  // such activations change no sum by more than ~1e-30 of a weight.
+  static constexpr int kTiny = -100;
+
+  // x[n, d_in] as digits, per row: digits [kPlanes][blocks·kQuantBlock] (high plane first),
+  // the value of one unit of X per block (2^-e; 0 for a zero block, NaN if the block holds inf
+  // or NaN, which then reaches every output of the row), and Σ digits per block and plane.
+  struct Activations {
+    int n = 0, blocks = 0;
+    int8_t* digits = nullptr;
+    float* unit = nullptr;
+    int32_t* digit_sums = nullptr;
+
+    int8_t* plane(int r, int p) const {
+      return digits + (size_t(r) * kPlanes + p) * blocks * kQuantBlock;
+    }
+  };
+
+  static Activations quantize(const float* x, int n, int d_in) {
+    thread_local std::vector<int8_t> digits;
+    thread_local std::vector<float> units;
+    thread_local std::vector<int32_t> sums;
+    Activations a;
+    a.n = n;
+    a.blocks = (d_in + kQuantBlock - 1) / kQuantBlock;
+    const size_t row_digits = size_t(kPlanes) * a.blocks * kQuantBlock;
+    if (digits.size() < n * row_digits) digits.resize(n * row_digits);
+    if (units.size() < size_t(n) * a.blocks) units.resize(size_t(n) * a.blocks);
+    if (sums.size() < size_t(n) * a.blocks * kPlanes) sums.resize(size_t(n) * a.blocks * kPlanes);
+    a.digits = digits.data();
+    a.unit = units.data();
+    a.digit_sums = sums.data();
+    for (int r = 0; r < n; ++r)
+      for (int b = 0; b < a.blocks; ++b) quantize_block(x + size_t(r) * d_in, d_in, r, b, a);
+    return a;
+  }
+
+  static void quantize_block(const float* row, int d_in, int r, int b, Activations& a) {
+    constexpr int kVecs = kQuantBlock / W;
+    const int k0 = b * kQuantBlock;
+    V v[kVecs];
+    GPT2GEN_UNROLL
+    for (int i = 0; i < kVecs; ++i) {
+      const int k = k0 + i * W;
+      v[i] =
+          k + W <= d_in ? F32::load(row + k) : F32::load(row + k, F32::mask(std::max(0, d_in - k)));
+    }
+    V largest = F32::abs(v[0]), total = v[0];
+    for (int i = 1; i < kVecs; ++i) {
+      largest = F32::max(largest, F32::abs(v[i]));
+      total = F32::add(total, v[i]);
+    }
+    const float m = F32::max_all(largest);
+    float& unit = a.unit[size_t(r) * a.blocks + b];
+    int32_t* sums = a.digit_sums + (size_t(r) * a.blocks + b) * kPlanes;
+    int8_t* out[kPlanes];
+    for (int p = 0; p < kPlanes; ++p) out[p] = a.plane(r, p) + k0;
+    const bool finite = std::isfinite(m) && std::isfinite(F32::sum(total));
+    int exponent = 0;
+    if (finite) std::frexp(m, &exponent);
+    if (!finite || m == 0 || exponent < kTiny) {
+      unit = finite ? 0.0f : NAN;
+      for (int p = 0; p < kPlanes; ++p) {
+        std::memset(out[p], 0, kQuantBlock);
+        sums[p] = 0;
+      }
+      return;
+    }
+    const int e = kBits - exponent;  // m·2^e in [2^(kBits − 1), 2^kBits)
+    unit = std::ldexp(1.0f, -e);
+    const V scale = F32::set1(std::ldexp(1.0f, e));
+    const I low_mask = F32::iset1(kBase - 1), half = F32::iset1(kBase / 2);
+    I digit_sum[kPlanes];
+    for (int p = 0; p < kPlanes; ++p) digit_sum[p] = F32::izero();
+    GPT2GEN_UNROLL
+    for (int i = 0; i < kVecs; ++i) {
+      I rest = F32::to_int(F32::mul(v[i], scale));  // exact scaling, then round to nearest even
+      for (int p = kPlanes - 1; p > 0; --p) {       // balanced digits, lowest first
+        const I digit = F32::isub(F32::iand(F32::iadd(rest, half), low_mask), half);
+        F32::store_bytes(out[p] + i * W, digit);
+        digit_sum[p] = F32::iadd(digit_sum[p], digit);
+        rest = F32::template isra<F32::kPlaneBits>(F32::isub(rest, digit));
+      }
+      F32::store_bytes(out[0] + i * W, rest);
+      digit_sum[0] = F32::iadd(digit_sum[0], rest);
+    }
+    for (int p = 0; p < kPlanes; ++p) sums[p] = F32::isum(digit_sum[p]);
+  }
+
+  // Tiles: n = 1, kDecodeVecs column vectors; n > 1, kTileRows rows × kTileVecs vectors (the
+  // integer sums of every plane, row and vector stay in registers).
+  template <typename Format>
+  static constexpr int kDecodeVecs = W == 16 ? 4 : 2;
+  static constexpr int kTileRows = 2;
+  static constexpr int kTileVecs = W == 16 ? 4 : 1;
+  static constexpr int kPassBlocks = 8;  // blocks of w per pass over the row tiles (n > 1)
+
+  // Column vector v's four bytes per column of group g, and its scales of block b.
+  template <typename Format>
+  static const uint8_t* weights(const QuantizedMatrix<Format>& m, int v, int g) {
+    return m.data + (size_t(v * W / kQuantPanel) * m.groups + g) * (4 * kQuantPanel) +
+           (v * W % kQuantPanel) * 4;
+  }
+  template <typename Format>
+  static V scales(const QuantizedMatrix<Format>& m, int v, int b) {
+    const size_t i =
+        (size_t(v * W / kQuantPanel) * m.blocks + b) * kQuantPanel + v * W % kQuantPanel;
+    if constexpr (Format::kFormat == WeightFormat::int4)
+      return F32::load_half(static_cast<const uint16_t*>(m.scales) + i);
+    else
+      return F32::load(static_cast<const float*>(m.scales) + i);
+  }
+
+  // out[r0 + r, (v + p)·W + lane] for R rows and P column vectors, blocks [b0, b1): each block's
+  // integer sums in registers, the running sums in out (the first block starts them); the last
+  // column vector holds `last` columns of out. bias (may be null) is added after the last block.
+  template <typename Format, int R, int P>
+  [[gnu::noinline]] static void tile(const Activations& a, int r0, const QuantizedMatrix<Format>& m,
+                                     int v, int b0, int b1, const float* bias, float* out, int ldo,
+                                     int last) {
+    constexpr int kQuads = Format::kGroup / 4;  // four-value quads per group
+    constexpr int kGroupsPerBlock = kQuantBlock / Format::kGroup;
+    const Mask tail = F32::mask(last);
+    for (int b = b0; b < b1; ++b) {
+      I acc[kPlanes][R][P];
+      GPT2GEN_UNROLL
+      for (int pl = 0; pl < kPlanes; ++pl) {
+        GPT2GEN_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const I start = F32::iset1(-Format::kOffset *
+                                     a.digit_sums[(size_t(r0 + r) * a.blocks + b) * kPlanes + pl]);
+          GPT2GEN_UNROLL
+          for (int p = 0; p < P; ++p) acc[pl][r][p] = start;
+        }
+      }
+      for (int gi = 0; gi < kGroupsPerBlock; ++gi) {
+        const int g = b * kGroupsPerBlock + gi;
+        I xq[kQuads][kPlanes][R];  // four digits of each quad, broadcast
+        GPT2GEN_UNROLL
+        for (int qd = 0; qd < kQuads; ++qd) {
+          GPT2GEN_UNROLL
+          for (int pl = 0; pl < kPlanes; ++pl) {
+            GPT2GEN_UNROLL
+            for (int r = 0; r < R; ++r) {
+              int32_t four;
+              std::memcpy(&four, a.plane(r0 + r, pl) + g * Format::kGroup + qd * 4, 4);
+              xq[qd][pl][r] = F32::iset1(four);
+            }
+          }
+        }
+        GPT2GEN_UNROLL
+        for (int p = 0; p < P; ++p) {
+          const I bytes = F32::iload(weights(m, v + p, g));
+          I wq[kQuads];
+          if constexpr (kQuads == 1) {
+            wq[0] = bytes;
+          } else {
+            wq[0] = F32::low_nibbles(bytes);
+            wq[1] = F32::high_nibbles(bytes);
+          }
+          GPT2GEN_UNROLL
+          for (int qd = 0; qd < kQuads; ++qd) {
+            GPT2GEN_UNROLL
+            for (int pl = 0; pl < kPlanes; ++pl) {
+              GPT2GEN_UNROLL
+              for (int r = 0; r < R; ++r)
+                acc[pl][r][p] = F32::dot_bytes(acc[pl][r][p], wq[qd], xq[qd][pl][r]);
+            }
+          }
+        }
+      }
+      const V high = F32::set1(float(1 << (2 * F32::kPlaneBits)));
+      const bool add_bias = bias && b == m.blocks - 1;
+      GPT2GEN_UNROLL
+      for (int p = 0; p < P; ++p) {
+        const V sc = scales(m, v + p, b);
+        const bool is_tail = p == P - 1 && last < W;
+        GPT2GEN_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const I low = F32::iadd(F32::template ishl<F32::kPlaneBits>(acc[1][r][p]), acc[2][r][p]);
+          const V f = F32::fma(F32::to_float(acc[0][r][p]), high, F32::to_float(low));
+          const V unit_scale = F32::mul(sc, F32::set1(a.unit[size_t(r0 + r) * a.blocks + b]));
+          float* o = out + size_t(r) * ldo + p * W;
+          V sum = b == 0 ? F32::zero() : is_tail ? F32::load(o, tail) : F32::load(o);
+          sum = F32::fma(unit_scale, f, sum);
+          if (add_bias)
+            sum = F32::add(sum, is_tail ? F32::load(bias + p * W, tail) : F32::load(bias + p * W));
+          if (is_tail)
+            F32::store(o, sum, tail);
+          else
+            F32::store(o, sum);
+        }
+      }
+    }
+  }
+
+  template <typename Format>
+  static void linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
+    const QuantizedMatrix<Format> m(lin.packed, lin.d_in, lin.d_out);
+    const Activations a = quantize(x, n, lin.d_in);
+    const int nvec = (lin.d_out + W - 1) / W;
+    const int tail = lin.d_out - (nvec - 1) * W;
+    auto last_of = [&](int v, int vecs) { return v + vecs == nvec ? tail : W; };
+    if (n == 1) {
+#pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
+      {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int v1 = int(int64_t(nvec) * (t + 1) / nt);
+        for (int v = int(int64_t(nvec) * t / nt); v < v1;) {
+          const int vecs = std::min(kDecodeVecs<Format>, v1 - v);
+          panel_columns<Format, 1>(vecs, a, 0, m, v, 0, m.blocks, lin.b, out, lin.d_out,
+                                   last_of(v, vecs));
+          v += vecs;
+        }
+      }
+      return;
+    }
+    const int n_panels = (nvec + kTileVecs - 1) / kTileVecs;
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
+    for (int pi = 0; pi < n_panels; ++pi) {
+      const int v = pi * kTileVecs, vecs = std::min(kTileVecs, nvec - v);
+      for (int b0 = 0; b0 < m.blocks; b0 += kPassBlocks) {
+        const int b1 = std::min(m.blocks, b0 + kPassBlocks);
+        for (int r = 0; r < n; r += kTileRows) {
+          float* rows = out + size_t(r) * lin.d_out;
+          if (n - r >= kTileRows)
+            panel_columns<Format, kTileRows>(vecs, a, r, m, v, b0, b1, lin.b, rows, lin.d_out,
+                                             last_of(v, vecs));
+          else
+            panel_columns<Format, 1>(vecs, a, r, m, v, b0, b1, lin.b, rows, lin.d_out,
+                                     last_of(v, vecs));
+        }
+      }
+    }
+  }
+
+  // tile<R, P> with P = vecs (1 ≤ vecs ≤ the widest tile) chosen at run time; out and bias
+  // point at the rows' and the bias's column 0.
+  template <typename Format, int R>
+  static void panel_columns(int vecs, const Activations& a, int r0,
+                            const QuantizedMatrix<Format>& m, int v, int b0, int b1,
+                            const float* bias, float* out, int ldo, int last) {
+    dispatch_vecs<(R == 1 ? kDecodeVecs<Format> : kTileVecs)>(vecs, [&](auto vecs_c) {
+      tile<Format, R, decltype(vecs_c)::value>(a, r0, m, v, b0, b1, bias ? bias + v * W : nullptr,
+                                               out + size_t(v) * W, ldo, last);
+    });
+  }
+
+  template <int kMax, typename Run, int P = 1>
+  static void dispatch_vecs(int vecs, Run&& run) {
+    if constexpr (P <= kMax) {
+      if (vecs == P) return run(std::integral_constant<int, P>());
+      dispatch_vecs<kMax, Run, P + 1>(vecs, std::forward<Run>(run));
+    }
+  }
+};
+
+// T is float: a template parameter, so that an instruction set without Vec<float> never names it.
+template <typename Format, typename T>
+void vector_or_portable(const T* x, int n, const LinearWeights<T>& lin, T* out) {
+  if constexpr (simd::kHasVec<T>)
+    VectorQuantizedLinear<simd::Vec<T>>::template linear<Format>(x, n, lin, out);
+  else
+    portable::quantized_linear<Format>(x, n, lin, out);
+}
+
+}  // namespace
+
+template <typename Format>
+void quantized_linear(const float* x, int n, const LinearWeights<float>& lin, float* out) {
+  vector_or_portable<Format>(x, n, lin, out);
+}
+
+template void quantized_linear<Int8Format>(const float*, int, const LinearWeights<float>&, float*);
+template void quantized_linear<Int4Format>(const float*, int, const LinearWeights<float>&, float*);
+
+}  // namespace GPT2GEN_ISA_NS
+}  // namespace gpt2gen
