@@ -276,7 +276,8 @@ def report(args, results, summary, load) -> str:
         theirs = median["llama.cpp"].get(peer)
         cells = [f"{ours[d]:.1f} / {theirs[d]:.1f} ({ours[d] / theirs[d]:.2f}×)" if theirs else f"{ours[d]:.1f} / –"
                  for d in depths]
-        long_ctx = f"{ours[high] / ours[low]:.2f}" + (f"; {theirs[high] / theirs[low]:.2f}" if theirs else "")
+        long_ctx = "–" if high == low else (f"{ours[high] / ours[low]:.2f}"
+                                             + (f"; {theirs[high] / theirs[low]:.2f}" if theirs else ""))
         share = f"{gbs[label] / gbs['fp32']:.0%}" if "fp32" in gbs else "–"
         lines.append(f"| {label} / {peer or '–'} | " + " | ".join(cells)
                      + f" | {long_ctx} | {results['weight_bytes'][label] / 1e6:.0f} | {gbs[label]:.1f} | {share} |")
