@@ -26,6 +26,8 @@ import gpt2gen
 from gpt2gen import _core
 from gpt2gen.packing import FORMATS
 
+PRINTED_RESOLVES = 1e-3  # llama-perplexity prints the mean KLD to 6 decimals: 3 digits from here
+
 
 def add_arguments(parser) -> None:
     group = parser.add_argument_group("llama.cpp column")
@@ -87,8 +89,9 @@ class LogProbs:
 
 def stored_kl(base: LogProbs, candidate: LogProbs, block: int = 64) -> float:
     """Mean KL(base ‖ candidate) from two stored files, as llama-perplexity sums it (over the base
-    log-probabilities above -16); printed to more digits than its own 6 decimals, which cannot
-    resolve f16 on these weights."""
+    log-probabilities above -16), to more digits than its own 6 decimals, which cannot resolve
+    f16 on these weights. The candidate's log-probabilities more than 16 below its top one are
+    stored as that floor, so a large KL comes out too small."""
     if not np.array_equal(base.tokens, candidate.tokens):
         raise RuntimeError("llama-perplexity tokenized the text differently for two models")
     kls = []
@@ -124,7 +127,7 @@ def compare(args, shape: dict, make_params, log_softmax) -> list:
     print(f"\nllama.cpp beside gpt2gen: mean KL to each engine's own float32, on the same weights and the "
           f"same tokens ({args.kl_chunks} chunks of {args.kl_ctx}, the second half of each scored)\n")
     print("| weights | gpt2gen format | KL(fp32‖gpt2gen) | llama.cpp type | KL(f32‖llama.cpp) "
-          "| (llama-perplexity's Mean KLD) | gpt2gen ≤ llama.cpp |")
+          "| (its printed Mean KLD; from the stored log-probabilities) | gpt2gen ≤ llama.cpp |")
     print("|---|---|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpt2gen-llama-kl-") as tmp:
@@ -145,8 +148,12 @@ def compare(args, shape: dict, make_params, log_softmax) -> list:
                 own_file = work / f"{kind}-{peer}-again.logprobs" if peer == "f32" else work / f"{kind}-{peer}.logprobs"
                 perplexity(binary, model, text, own_file, args)
                 row = {"weights": kind, "format": fmt, "llama_type": peer,
-                       "llama_kl": stored_kl(base, LogProbs(own_file)),
+                       "llama_kl_stored": stored_kl(base, LogProbs(own_file)),
                        "llama_perplexity_kld": mean_kld(binary, model, text, base_file, args)}
+                # Its printed figure where 6 decimals resolve it; the stored one below that (the
+                # stored log-probabilities clip 16 below the top one, which large KLs reach).
+                row["llama_kl"] = (row["llama_perplexity_kld"] if row["llama_perplexity_kld"] >= PRINTED_RESOLVES
+                                   else row["llama_kl_stored"])
                 if fmt:
                     row["gpt2gen_kl"] = gpt2gen_kl(params, gpt2gen.pack_params(params, fmt), shape["n_head"],
                                                    base.tokens, log_softmax)
@@ -154,8 +161,10 @@ def compare(args, shape: dict, make_params, log_softmax) -> list:
                 rows.append(row)
                 print(f"| {kind} | {fmt or '–'} | " + (f"{row['gpt2gen_kl']:.2e}" if fmt else "–")
                       + f" | {peer if fmt else 'f32 again (the same run twice)'} | {row['llama_kl']:.2e} "
-                      f"| {row['llama_perplexity_kld']:.6f} | "
+                      f"| {row['llama_perplexity_kld']:.6f}; {row['llama_kl_stored']:.2e} | "
                       + ("–" if not fmt else "PASS" if row["pass"] else "FAIL") + " |", flush=True)
-    print("\n(KL(f32‖llama.cpp) is computed from llama-perplexity's stored 16-bit log-probabilities of both "
-          "runs, as it sums it; below ~1e-7 it is at that storage's resolution and may come out negative.)")
+    print(f"\n(KL(f32‖llama.cpp) is llama-perplexity's printed mean KLD from {PRINTED_RESOLVES:g} up; below, where "
+          "its 6 decimals resolve little, it is computed from the 16-bit log-probabilities both runs stored, "
+          "summed as llama-perplexity does: below ~1e-7 that is at the storage's resolution and may come out "
+          "negative.)")
     return rows
