@@ -107,6 +107,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
 
 import numpy as np  # noqa: E402
 from random_weights import gpt2_params  # noqa: E402
+from weight_bytes import weight_bytes_per_token  # noqa: E402
 
 import gpt2gen  # noqa: E402
 from gpt2gen import reference  # noqa: E402
@@ -117,19 +118,6 @@ from gpt2gen.packing import pack_params  # noqa: E402
 def make_params(size: str, seed: int = 0) -> dict:
     n_layer, d, _ = SIZES[size]
     return gpt2_params(n_layer, d, N_VOCAB, N_CTX, seed)
-
-
-def weight_bytes_per_token(params) -> int:
-    """Bytes of weights one decode step must read: every block array, ln_f, wte (unembed) and one
-    wpe row (the KV cache is not counted)."""
-    def total(node):
-        if isinstance(node, dict):
-            return sum(total(v) for v in node.values())
-        if isinstance(node, list):
-            return sum(total(v) for v in node)
-        return getattr(node, "nbytes", 0)  # a packed matrix's "format" string counts nothing
-    return (total(params["blocks"]) + total(params["ln_f"]) + total(params["wte"])
-            + params["wpe"][0].nbytes)
 
 
 def prompts(n, count=1, seed=1):

@@ -35,37 +35,28 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import httpx
+import llama_cpp_tools
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' checkpoint writer (conftest.make_numpy_gpt2)
-
-SHAPE = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
 PROMPT_TOKENS, NEW_TOKENS, LONG_TOKENS, TEMPERATURE = 32, 48, 128, 0.8
 LLAMA_SLOTS = 8
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp's source
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"),
-                   help="llama-server binary (default: $LLAMA_SERVER, else llama-server on PATH)")
+    llama_cpp_tools.add_arguments(p, "llama-server")
     p.add_argument("--llama-quantize", default=os.environ.get("LLAMA_QUANTIZE"),
                    help="llama-quantize binary (default: $LLAMA_QUANTIZE, else next to llama-server)")
-    p.add_argument("--build-llama", metavar="DIR",
-                   help=f"download {LLAMA_CPP_PYTHON}'s sdist into DIR and build llama-server there (~15 min)")
     p.add_argument("--no-llama", action="store_true", help="measure gpt2gen alone")
     p.add_argument("--dtypes", default="fp32,int8", help="comma-separated: fp32 (vs f32), int8 (vs q8_0)")
     p.add_argument("--levels", default="1,2,4,8,16", help="concurrent streams")
@@ -85,121 +76,15 @@ def parse_args(argv=None):
     return a
 
 
-# --- weights -----------------------------------------------------------------------------------
-
-
-def checkpoint(workdir: Path) -> Path:
-    """The random 124M-shape checkpoint in Hugging Face layout (written once)."""
-    from conftest import make_numpy_gpt2
-
-    model_dir = workdir / "gpt2-124M-random"
-    if not (model_dir / "model.safetensors").exists():
-        print("writing random 124M-shape weights ...", flush=True)
-        made, _ = make_numpy_gpt2(workdir, name="gpt2-124M-random.tmp", with_buffers=False, seed=0, **SHAPE)
-        made.rename(model_dir)
-    return model_dir
-
-
-def write_gguf(model_dir: Path, path: Path) -> Path:
-    """The same tensors and vocabulary as GGUF (f32), named and laid out as llama.cpp's GPT-2
-    converter writes them (Conv1D weights transposed, the tied output matrix written out)."""
-    import gguf
-
-    from gpt2gen.checkpoint import load_pretrained
-
-    if path.exists():
-        return path
-    print(f"writing {path.name} ...", flush=True)
-    encoder, hparams, params = load_pretrained(str(model_dir))
-    E = hparams["n_embd"]
-    writer = gguf.GGUFWriter(str(path), "gpt2")
-    writer.add_context_length(hparams["n_ctx"])
-    writer.add_embedding_length(E)
-    writer.add_feed_forward_length(4 * E)
-    writer.add_block_count(hparams["n_layer"])
-    writer.add_head_count(hparams["n_head"])
-    writer.add_layer_norm_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    vocab = json.loads((model_dir / "vocab.json").read_text(encoding="utf-8"))
-    tokens = sorted(vocab, key=vocab.get)
-    eot = vocab["<|endoftext|>"]
-    merges = [line for line in (model_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
-              if line and not line.startswith("#version")]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if i == eot else gguf.TokenType.NORMAL
-                            for i in range(len(tokens))])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(eot)
-    writer.add_eos_token_id(eot)
-
-    def add(name, array, transpose=False):
-        array = np.asarray(array, dtype=np.float32)
-        writer.add_tensor(name, np.ascontiguousarray(array.T if transpose else array))
-
-    add("token_embd.weight", params["wte"])
-    add("position_embd.weight", params["wpe"])
-    add("output.weight", params["wte"])
-    add("output_norm.weight", params["ln_f"]["g"])
-    add("output_norm.bias", params["ln_f"]["b"])
-    names = {("ln_1",): "attn_norm", ("attn", "c_attn"): "attn_qkv", ("attn", "c_proj"): "attn_output",
-             ("ln_2",): "ffn_norm", ("mlp", "c_fc"): "ffn_up", ("mlp", "c_proj"): "ffn_down"}
-    for i, block in enumerate(params["blocks"]):
-        for keys, name in names.items():
-            node = block
-            for key in keys:
-                node = node[key]
-            if "g" in node:
-                add(f"blk.{i}.{name}.weight", node["g"])
-            else:
-                add(f"blk.{i}.{name}.weight", node["w"], transpose=True)
-            add(f"blk.{i}.{name}.bias", node["b"])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-def quantize(quantizer: str, source: Path, path: Path) -> Path:
-    if not path.exists():
-        print(f"llama-quantize -> {path.name} ...", flush=True)
-        subprocess.run([quantizer, str(source), str(path), "q8_0"], check=True, capture_output=True)
-    return path
-
-
 # --- llama.cpp ---------------------------------------------------------------------------------
 
 
 def find_llama(args) -> tuple:
     """(llama-server, llama-quantize) paths, building them when asked."""
-    server = args.llama_server or shutil.which("llama-server")
-    if server is None and args.build_llama:
-        server = build_llama(Path(args.build_llama))
-    if server is None:
-        sys.exit("bench_serve: llama-server not found: pass --llama-server PATH, set LLAMA_SERVER, "
-                 "use --build-llama DIR, or --no-llama")
-    quantizer = args.llama_quantize or str(Path(server).with_name("llama-quantize"))
+    server = llama_cpp_tools.find_tool("llama-server", args.llama_server, args.build_llama, "bench_serve")
+    quantizer = (Path(args.llama_quantize) if args.llama_quantize
+                 else llama_cpp_tools.sibling_tool(server, "llama-quantize", args.build_llama, "bench_serve"))
     return server, quantizer
-
-
-def build_llama(root: Path) -> str:
-    root.mkdir(parents=True, exist_ok=True)
-    binary = root / "build" / "bin" / "llama-server"
-    if binary.exists():
-        return str(binary)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
-                    LLAMA_CPP_PYTHON, "-d", str(root)], check=True)
-    (sdist,) = root.glob("llama_cpp_python-*.tar.gz")
-    with tarfile.open(sdist) as tar:
-        tar.extractall(root, filter="data")
-    (source,) = root.glob("llama_cpp_python-*/vendor/llama.cpp")
-    subprocess.run(["cmake", "-S", str(source), "-B", str(root / "build"), "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF",
-                    "-DCMAKE_BUILD_TYPE=Release"], check=True)
-    subprocess.run(["cmake", "--build", str(root / "build"), "-j", str(os.cpu_count() or 2), "--target",
-                    "llama-server", "llama-quantize"], check=True)
-    return str(binary)
 
 
 # --- servers -----------------------------------------------------------------------------------
@@ -251,7 +136,7 @@ def start_gpt2gen(model_dir: Path, dtype: str, threads: int) -> Server:
 def start_llama(binary: str, gguf_path: Path, label: str, threads: int) -> Server:
     port = free_port()
     return Server(f"llama-server {label}", [
-        binary, "-m", str(gguf_path), "-np", str(LLAMA_SLOTS), "-c", str(LLAMA_SLOTS * SHAPE["n_positions"]),
+        binary, "-m", str(gguf_path), "-np", str(LLAMA_SLOTS), "-c", str(LLAMA_SLOTS * llama_cpp_tools.SHAPE_124M["n_positions"]),
         "-t", str(threads), "-tb", str(threads), "--host", "127.0.0.1", "--port", str(port)], port)
 
 
@@ -353,18 +238,17 @@ def pct(values, q) -> float:
 def run(args) -> dict:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = checkpoint(workdir)
+    model_dir = llama_cpp_tools.checkpoint(workdir)
     llama = None if args.no_llama else find_llama(args)
     gguf_files = {}
     if llama:
-        gguf_files["fp32"] = write_gguf(model_dir, workdir / "gpt2-124M-random-f32.gguf")
-        if "int8" in args.dtypes:
-            gguf_files["int8"] = quantize(llama[1], gguf_files["fp32"], workdir / "gpt2-124M-random-q8_0.gguf")
+        f32 = llama_cpp_tools.checkpoint_gguf(model_dir, workdir / "gpt2-124M-random-f32.gguf")
+        gguf_files = {dtype: llama_cpp_tools.quantized(llama[1], f32, llama_cpp_tools.PEER_TYPE[dtype]) for dtype in args.dtypes}
     results = {"levels": {}, "extra": {}}
     for dtype in args.dtypes:
         servers = [start_gpt2gen(model_dir, dtype, args.threads)]
         if llama:
-            servers.append(start_llama(llama[0], gguf_files[dtype], {"fp32": "f32", "int8": "q8_0"}[dtype],
+            servers.append(start_llama(llama[0], gguf_files[dtype], llama_cpp_tools.PEER_TYPE[dtype],
                                        args.threads))
         try:
             for server in servers:  # warm up: first requests allocate caches and pages
@@ -409,7 +293,7 @@ def report(args, results, started_load, ended_load) -> str:
              f"{PROMPT_TOKENS}-token prompt, temperature {TEMPERATURE}; llama-server -np {LLAMA_SLOTS}.", ""]
     for dtype in args.dtypes:
         ours = f"gpt2gen {dtype}"
-        theirs = f"llama-server {'f32' if dtype == 'fp32' else 'q8_0'}"
+        theirs = f"llama-server {llama_cpp_tools.PEER_TYPE[dtype]}"
         have_llama = f"{theirs}|{args.levels[0]}" in results["levels"]
         lines += [f"## {ours}" + (f" vs {theirs}" if have_llama else ""), "",
                   "| streams | gpt2gen tok/s | llama-server tok/s | ratio | TTFT p50 ms (ours / theirs) "

@@ -14,6 +14,7 @@ Weights (no download; the same seeds every run):
 
     python benchmarks/eval_precision.py                 # GPT-2 124M shape
     python benchmarks/eval_precision.py --quick         # a small shape, seconds
+    python benchmarks/eval_precision.py --llama --llama-perplexity PATH   # + llama.cpp's column (llama_kl.py)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import json
 import time
 
+import llama_kl
 import numpy as np
 
 import gpt2gen
@@ -119,6 +121,7 @@ def main():
     parser.add_argument("--kv-prompt", type=int, default=1024,
                         help="prompt length for the bf16 KV cache's logits and KL (capped by n_ctx)")
     parser.add_argument("--json", help="also write the results here")
+    llama_kl.add_arguments(parser)
     args = parser.parse_args()
     shape = SHAPES["quick" if args.quick else "124M"]
     prompt = list(np.random.default_rng(1).integers(0, shape["n_vocab"], args.prompt))
@@ -138,9 +141,10 @@ def main():
         r = kv_cache_row(kind, params, shape, args.tokens, args.kv_prompt)
         results.append(r)
         print_row(r, args.tokens)
+    llama_rows = llama_kl.compare(args, shape, make_params, log_softmax) if args.llama else []
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"shape": shape, "results": results}, f, indent=2)
+            json.dump({"shape": shape, "results": results, "llama_cpp": llama_rows}, f, indent=2)
 
 
 if __name__ == "__main__":

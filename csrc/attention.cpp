@@ -136,7 +136,7 @@ void causal_attention(const T* qkv, int n, int n_embd, int n_head, int pos0, KVL
   });
 }
 
-#define GPT2GEN_INSTANTIATE(T)                                              \
+#define GPT2GEN_INSTANTIATE(T)                                             \
   template void kv_cache_append<T>(const T*, int, int, int, int, KVLayer); \
   template void causal_attention<T>(const T*, int, int, int, int, KVLayer, T*, T*);
 GPT2GEN_INSTANTIATE(float)

@@ -218,8 +218,8 @@ void unembed(Format, const T* x, int n, const T* wte, const Packed& wte_packed, 
 // One query row of one head over keys/values [0, n_keys) stored in the cache format Format
 // (kv_format.hpp), read widened: o = softmax(q·kᵀ/√hd)·v, scores in s.
 template <typename Format, typename T>
-inline void attend(const T* q, const typename Format::Storage* k,
-                   const typename Format::Storage* v, int n_keys, int hd, T* s, T* o) {
+inline void attend(const T* q, const typename Format::Storage* k, const typename Format::Storage* v,
+                   int n_keys, int hd, T* s, T* o) {
   const T sqrt_hd = std::sqrt(T(hd));
   for (int t = 0; t < n_keys; ++t)
     s[t] = dot<2 * kLanes<T>, Format>(q, k + size_t(t) * hd, hd) / sqrt_hd;

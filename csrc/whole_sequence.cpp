@@ -22,7 +22,9 @@ std::shared_ptr<ThreadGovernor> governor_for(const void* model) {
   for (auto& [key, governor] : governors)
     if (key == model) return governor;
   if (governors.size() == 8) governors.erase(governors.begin());
-  return governors.emplace_back(model, std::make_shared<ThreadGovernor>(ThreadGovernor::last_choice())).second;
+  return governors
+      .emplace_back(model, std::make_shared<ThreadGovernor>(ThreadGovernor::last_choice()))
+      .second;
 }
 
 // Runs ids through the model chunk by chunk; consume(first, n, logits) sees each chunk's rows.

@@ -4,14 +4,12 @@ not change when it varies the thread count under a competing busy process."""
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
-import pytest
 
 import gpt2gen
-from gpt2gen import GPT2, _testing
 from conftest import make_numpy_gpt2
+from gpt2gen import GPT2, _testing
 
 # Step times (s) of the 124M shape on this 2-core machine: 1 thread ~12 ms, 2 threads 7.7 ms
 # quiet and ~33 ms with a busy process beside them (1 thread keeps its quiet time).

@@ -230,7 +230,8 @@ PYBIND11_MODULE(_core, m) {
   // Only 0 turns adaptation off (thread_governor.cpp); anything but 0 or 1 is a mistake to name.
   if (const char* env = std::getenv("GPT2GEN_ADAPTIVE_THREADS");
       env && *env && std::string(env) != "0" && std::string(env) != "1")
-    throw py::value_error("GPT2GEN_ADAPTIVE_THREADS must be 0 or 1, got '" + std::string(env) + "'");
+    throw py::value_error("GPT2GEN_ADAPTIVE_THREADS must be 0 or 1, got '" + std::string(env) +
+                          "'");
 
   bind_options(m);
 
@@ -318,7 +319,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("max_batch"), py::arg("max_queue"), py::arg("step_tokens"), py::arg("kv_bytes"));
   m.def(
-      "check_kv_cache_dtype", [](py::handle kv_cache_dtype) { kv_format(kv_cache_dtype, "float32"); },
+      "check_kv_cache_dtype",
+      [](py::handle kv_cache_dtype) { kv_format(kv_cache_dtype, "float32"); },
       py::arg("kv_cache_dtype"), "Refuses a kv_cache_dtype that no model takes.");
   m.def("live_sequences", &live_sequences,
         "Sequences whose state (KV cache, sampler) is currently allocated, in every scheduler.");
@@ -344,6 +346,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("adaptive_threads", &adaptive_threads,
         "Whether each decode loop picks its thread count (at most num_threads()) from its step "
         "times.");
-  m.def("set_adaptive_threads", &set_adaptive_threads, py::arg("on"),
-        "Turns the adaptive thread count on or off (GPT2GEN_ADAPTIVE_THREADS=0 starts with it off).");
+  m.def(
+      "set_adaptive_threads", &set_adaptive_threads, py::arg("on"),
+      "Turns the adaptive thread count on or off (GPT2GEN_ADAPTIVE_THREADS=0 starts with it off).");
 }

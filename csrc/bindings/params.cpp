@@ -245,7 +245,8 @@ Model::Model(py::object params, py::object n_head_obj, py::object kv_cache_dtype
                          "; gpt2gen reads float32 or float64 parameters in place, convert "
                          "them once (e.g. arr.astype(np.float32))");
   else
-    init<float>(params, static_cast<int>(n_head), kv_cache_dtype);  // reports the missing/non-array 'wte'
+    init<float>(params, static_cast<int>(n_head),
+                kv_cache_dtype);  // reports the missing/non-array 'wte'
 }
 
 py::dict Model::addresses() const {
