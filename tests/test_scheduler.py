@@ -3,6 +3,7 @@ would get alone, whatever else runs and whenever it arrived."""
 
 import asyncio
 import gc
+import os
 import random
 import threading
 import time
@@ -269,7 +270,10 @@ def test_thousands_of_requests_leave_nothing_behind(model_dir):
     growth = rss() - before
     assert _core.live_sequences() == 0
     assert model.scheduler.scheduler.running == 0 and model.scheduler.scheduler.waiting == 0
-    assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
+    # Under AddressSanitizer freed memory waits in its quarantine, resident by design (its own leak
+    # check covers the run); the count of live sequences above holds either way.
+    if os.environ.get("GPT2GEN_SANITIZED") != "1" and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
     model.close()
 
 
