@@ -101,6 +101,47 @@ def test_int4_scale_is_q4_0s_or_a_finer_one_of_less_error():
     np.testing.assert_array_equal(q[:2, 1], [-8, -1])
 
 
+# The backend fixture holds for every example: suppressing the function-scoped-fixture check is safe.
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 12), d_in=st.integers(1, 100), d_out=st.integers(1, 70),
+       fmt=st.sampled_from(FORMATS), seed=st.integers(0, 2**32 - 1))
+def test_packed_linear_kernel_matches_numpy(n, d_in, d_out, fmt, seed, every_backend):
+    """linear on packed weights against x @ unpack(w) + b in float64, with activations spanning
+    eleven decades, exact zeros and whole zero blocks (the quantized formats write each block of
+    32 activations as a ~22-bit fixed-point integer: error ≤ 2^-19 of the block's largest |x| per
+    value on AVX2, 2^-22 on AVX-512); every row alone equals the same row in the batch."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, d_in)) * 10.0 ** rng.uniform(-8, 3, (n, d_in))).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = 0
+    x[:, 32:64] *= rng.random() < 0.3  # sometimes a whole zero block
+    w = rng.standard_normal((d_in, d_out)).astype(np.float32)
+    lin = {"w": pack_matrix(w, fmt, reduce_axis=0), "b": rng.standard_normal(d_out).astype(np.float32)}
+    got = _testing.packed_linear(x, lin, d_out)
+    values = unpack_matrix(lin["w"], reduce_axis=0).astype(np.float64)
+    want = x.astype(np.float64) @ values + lin["b"]
+    padded = np.zeros((n, -(-d_in // QUANT_BLOCK) * QUANT_BLOCK))
+    padded[:, :d_in] = np.abs(x)
+    block_max = np.repeat(padded.reshape(n, -1, QUANT_BLOCK).max(axis=2), QUANT_BLOCK, axis=1)[:, :d_in]
+    bound = 2.0**-18 * (block_max @ np.abs(values)) + 1e-5 * (np.abs(x) @ np.abs(values) + np.abs(lin["b"]))
+    assert np.all(np.abs(got - want) <= bound + 1e-30)
+    for r in {0, n // 2, n - 1}:
+        np.testing.assert_array_equal(_testing.packed_linear(x[r:r + 1].copy(), lin, d_out)[0], got[r])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_packed_linear_propagates_nan_and_inf(fmt):
+    """A non-finite activation makes its row's outputs NaN (or ±inf) as the float32 product does,
+    never a finite number: the quantized kernels cannot write inf or NaN as an integer."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((80, 40)).astype(np.float32)
+    lin = {"w": pack_matrix(w, fmt, reduce_axis=0), "b": np.zeros(40, np.float32)}
+    x = rng.standard_normal((3, 80)).astype(np.float32)
+    x[0, 5], x[1, 70] = np.nan, np.inf
+    out = _testing.packed_linear(x, lin, 40)
+    assert not np.isfinite(out[0]).any() and not np.isfinite(out[1]).any()
+    assert np.isfinite(out[2]).all()
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("config", [(1, 32, 4, 101), (2, 48, 3, 257), (3, 64, 8, 1000), (2, 40, 5, 77)])
 def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config, every_backend):
