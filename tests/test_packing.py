@@ -229,9 +229,11 @@ def test_bad_packed_parameters():
     with pytest.raises(ValueError, match=r"c_fc\.w\.shape' is \(32, 100\), expected \(32, 128\)"):
         gpt2gen.forward([1], packed, 4)
     packed = pack_params(params, "int4")
-    packed["blocks"][0]["mlp"]["c_fc"]["w"]["shape"] = "wide"
-    with pytest.raises(TypeError, match=r"c_fc\.w\.shape' must be a pair of ints"):
-        gpt2gen.forward([1], packed, 4)
+    for shape, error in [("wide", TypeError), ((32, 128.0), TypeError), ((True, 128), TypeError),
+                         ((32,), TypeError), ((2**70, 128), ValueError), ((0, 128), ValueError)]:
+        packed["blocks"][0]["mlp"]["c_fc"]["w"]["shape"] = shape
+        with pytest.raises(error, match=r"c_fc\.w\.shape' must be a pair of ints"):
+            gpt2gen.forward([1], packed, 4)
     packed = pack_params(params, "bf16")
     packed["blocks"][0]["attn"]["c_attn"]["w"]["data"] = packed["blocks"][0]["attn"]["c_attn"]["w"]["data"].view(np.int16)
     with pytest.raises(TypeError, match="whose data is uint16"):

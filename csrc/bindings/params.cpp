@@ -113,16 +113,23 @@ class ParamReader {
     return nullptr;
   }
 
-  // The (rows, cols) a quantized dict's "shape" names.
+  // The (rows, cols) a packed dict's "shape" names: two ints in [1, 2^31 - 1].
   std::pair<py::ssize_t, py::ssize_t> packed_shape(py::handle m, const std::string& path) {
     py::object shape = child(m, "shape", path);
-    if (!py::isinstance<py::sequence>(shape) || py::len(shape) != 2)
-      throw py::type_error("params '" + path + ".shape' must be a pair of ints (rows, cols)");
-    py::sequence pair = py::reinterpret_borrow<py::sequence>(shape);
-    for (py::handle v : pair)
-      if (!py::isinstance<py::int_>(v) && !py::hasattr(v, "__index__"))
-        throw py::type_error("params '" + path + ".shape' must be a pair of ints (rows, cols)");
-    return {pair[0].cast<py::ssize_t>(), pair[1].cast<py::ssize_t>()};
+    const std::string rule = "params '" + path + ".shape' must be a pair of ints (rows, cols)";
+    if (!py::isinstance<py::sequence>(shape) || py::isinstance<py::str>(shape) ||
+        py::len(shape) != 2)
+      throw py::type_error(rule);
+    py::ssize_t dims[2];
+    for (int i = 0; i < 2; ++i) {
+      py::object v = py::reinterpret_borrow<py::sequence>(shape)[i];
+      if (py::isinstance<py::bool_>(v) || !py::hasattr(v, "__index__")) throw py::type_error(rule);
+      py::int_ d(v.attr("__index__")());
+      if (d < py::int_(1) || d > py::int_(std::numeric_limits<int32_t>::max()))
+        throw py::value_error(rule + " between 1 and 2^31 - 1, got " + std::string(py::str(shape)));
+      dims[i] = d.cast<py::ssize_t>();
+    }
+    return {dims[0], dims[1]};
   }
 
   LayerNormWeights<T> layer_norm(py::handle node, const char* key, const std::string& path,
