@@ -148,13 +148,11 @@ struct VectorQuantizedLinear {
   // Column vector v's four bytes per column of group g, and its scales of block b.
   template <typename Format>
   static const uint8_t* weights(const QuantizedMatrix<Format>& m, int v, int g) {
-    return m.data + (size_t(v * W / kQuantPanel) * m.groups + g) * (4 * kQuantPanel) +
-           (v * W % kQuantPanel) * 4;
+    return m.group_bytes(g * Format::kGroup, v * W);
   }
   template <typename Format>
   static V scales(const QuantizedMatrix<Format>& m, int v, int b) {
-    const size_t i =
-        (size_t(v * W / kQuantPanel) * m.blocks + b) * kQuantPanel + v * W % kQuantPanel;
+    const size_t i = m.scale_index(b, v * W);
     if constexpr (Format::kFormat == WeightFormat::int4)
       return F32::load_half(static_cast<const uint16_t*>(m.scales) + i);
     else

@@ -114,9 +114,9 @@ void embedding(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const 
     for (int t = 0; t < n; ++t) {
       const T* pos = wpe + size_t(pos0 + t) * n_embd;
       T* o = out + size_t(t) * n_embd;
-      if constexpr (Format::kQuantized) {  // wte[id] is column id of wteᵀ
-        const QuantizedMatrix<Format> m(wte_packed, n_embd, 0);
-        for (int i = 0; i < n_embd; ++i) o[i] = m.value(i, ids[t]) + pos[i];
+      if constexpr (Format::kQuantized) {  // wte[id] is column id of wteᵀ (d_out is not needed)
+        const QuantizedMatrix<Format> wte_t(wte_packed, n_embd, 0);
+        for (int i = 0; i < n_embd; ++i) o[i] = wte_t.value(i, ids[t]) + pos[i];
       } else {
         embedding_row<Format>(stored_values<Format>(wte, wte_packed) + size_t(ids[t]) * n_embd, pos,
                               n_embd, o);

@@ -116,10 +116,11 @@ struct QuantizedMatrix {
     return data + (size_t(j / kQuantPanel) * groups + k / Format::kGroup) * (4 * kQuantPanel) +
            (j % kQuantPanel) * 4;
   }
-  float scale(int block, int j) const {
-    return Format::scale(
-        scales, (size_t(j / kQuantPanel) * blocks + block) * kQuantPanel + j % kQuantPanel);
+  // The index of column j's scale of a block among the scales.
+  size_t scale_index(int block, int j) const {
+    return (size_t(j / kQuantPanel) * blocks + block) * kQuantPanel + j % kQuantPanel;
   }
+  float scale(int block, int j) const { return Format::scale(scales, scale_index(block, j)); }
   // The float32 value w[k, j] stands for.
   float value(int k, int j) const {
     return float(Format::q(group_bytes(k, j), k % Format::kGroup)) * scale(k / kQuantBlock, j);
