@@ -4,7 +4,9 @@
 //
 // The vector kernels convert the weights to float32 in registers as they stream in (simd.hpp's
 // widening loads; bf16 rows come in interleaved pairs, two rows per load); activations and every
-// accumulation stay float32 (no vdpbf16ps: it would round the activations). Order of every output
+// accumulation stay float32 (no vdpbf16ps: it would round the activations). Native weights are
+// read in GPT-2's row layout (row streaming below for a few rows, register tiles for more); bf16
+// ones in their panels (model.hpp), by register tiles of one panel for any row count. Order of every output
 // element (one instruction set; the same for every row count, tiling and thread count): the rows of
 // w in segments of kSegmentRows; per segment s:
 //   p_s = 0; p_s = fma(x[k], w[k, j], p_s) for k in the segment in order;
@@ -44,24 +46,29 @@ struct VectorLinear {
   template <typename E>
   static constexpr int kRowsPerLoad = std::is_same_v<E, Bf16> ? 2 : 1;
 
-  // Where the values of row k (of the pair holding k) of column vector v start; ld = d_out.
+  // w's stored values in its format's layout: GPT-2's rows, or bf16's panels (model.hpp).
   template <typename E>
-  static const E* row_vector(const E* w, size_t ld, int k, int v) {
-    if constexpr (kRowsPerLoad<E> == 2)
-      return w + size_t(k / 2) * 2 * ld + size_t(2 * v) * W;
-    else
-      return w + size_t(k) * ld + size_t(v) * W;
-  }
+  struct Matrix {
+    const E* w;
+    int d_in, d_out;
+    // Where the values of row k (of the pair holding k) of column vector v start.
+    const E* at(int k, int v) const {
+      if constexpr (kRowsPerLoad<E> == 2)
+        return w + bf16_index(k & ~1, v * W, d_in);
+      else
+        return w + size_t(k) * d_out + size_t(v) * W;
+    }
+  };
 
   // wv[i] = row k + i of column vector v as float32 (k even for pairs), the vector holding `last`
   // columns when kMasked.
   template <int kRows, bool kMasked, typename E>
-  static void widen_rows(const E* w, size_t ld, int k, int v, int last, V (&wv)[kRows]) {
+  static void widen_rows(const Matrix<E>& m, int k, int v, int last, V (&wv)[kRows]) {
     if constexpr (kRowsPerLoad<E> == 2) {
       GPT2GEN_UNROLL
       for (int i = 0; i < kRows; i += 2) {
         V odd;
-        const E* p = row_vector(w, ld, k + i, v);
+        const E* p = m.at(k + i, v);
         if (kMasked)
           F32::widen_pair(p, last, wv[i], odd);
         else
@@ -71,13 +78,13 @@ struct VectorLinear {
     } else {
       GPT2GEN_UNROLL
       for (int i = 0; i < kRows; ++i) {
-        const E* p = row_vector(w, ld, k + i, v);
+        const E* p = m.at(k + i, v);
         wv[i] = kMasked ? F32::widen(p, last) : F32::widen(p);
       }
     }
   }
 
-  // --- unscaled formats, n ≤ kStreamMaxRows: row streaming --------------------------------------
+  // --- native weights, n ≤ kStreamMaxRows: row streaming ----------------------------------------
   // Columns [v0, v1) of kStreamRows rows of w at a time (sequential streams for the prefetchers).
   // Each vector of w is loaded (and widened) once and used for the R rows of x; the segment's
   // partial sums live in `part` (L1/L2), each continued by the rows' FMAs in k order, starting
@@ -90,9 +97,9 @@ struct VectorLinear {
   // step 11% slower with the prefetch instructions, bf16 no different); with R FMAs per weight
   // they fall behind (n = 8: 1.3× faster).
   template <int R, int kRows, typename E>
-  static void stream_rows(const float* __restrict x, int ldx, const E* __restrict w, int d_out,
+  static void stream_rows(const float* __restrict x, int ldx, const Matrix<E>& w,
                           float* __restrict part, int v0, int v1, int k0, int last, bool first) {
-    const size_t ld = d_out;
+    const int d_out = w.d_out;
     x += k0;
     // One row of x: its kRows values broadcast once for every column vector (as memory operands
     // of the FMAs they would take a load slot each time, and decode is bound by load slots).
@@ -111,11 +118,11 @@ struct VectorLinear {
         if (v * W * sizeof(E) * kRowsPerLoad<E> % 64 == 0) {  // once per cache line
           GPT2GEN_UNROLL
           for (int i = 0; i < kRows; i += kRowsPerLoad<E>)
-            F32::prefetch(row_vector(w, ld, k0 + kStreamRows + i, v));
+            F32::prefetch(w.at(k0 + kStreamRows + i, v));
         }
       }
       V wv[kRows];
-      widen_rows<kRows, kMasked>(w, ld, k0, v, last, wv);
+      widen_rows<kRows, kMasked>(w, k0, v, last, wv);
       GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) {
         float* o = part + size_t(r) * d_out + v * W;
@@ -138,34 +145,35 @@ struct VectorLinear {
   // part[r, j] = Σ_{k in segment s} x[r, k]·w[k, j] for R rows and the column vectors [v0, v1)
   // of w[d_in, d_out].
   template <int R, typename E>
-  static void stream_segment_rows(const float* x, const E* w, int d_in, int d_out, int s,
-                                  float* part, int v0, int v1) {
+  static void stream_segment_rows(const float* x, const Matrix<E>& w, int s, float* part, int v0,
+                                  int v1) {
     if (v0 >= v1) return;
+    const int d_in = w.d_in, d_out = w.d_out;
     const int nvec = (d_out + W - 1) / W;
     const int last = v1 == nvec ? d_out - (nvec - 1) * W : W;
     const int k0 = s * kSegmentRows, k1 = std::min(d_in, k0 + kSegmentRows);
     int k = k0;
     for (; k + kStreamRows <= k1; k += kStreamRows)
-      stream_rows<R, kStreamRows>(x, d_in, w, d_out, part, v0, v1, k, last, k == k0);
+      stream_rows<R, kStreamRows>(x, d_in, w, part, v0, v1, k, last, k == k0);
     // The rest (fewer than kStreamRows rows) in groups of 4, 2 and 1.
     static_assert(kStreamRows == 8, "the rest of a segment must be covered by 4 + 2 + 1 rows");
     if (k1 - k >= 4) {
-      stream_rows<R, 4>(x, d_in, w, d_out, part, v0, v1, k, last, k == k0);
+      stream_rows<R, 4>(x, d_in, w, part, v0, v1, k, last, k == k0);
       k += 4;
     }
     if (k1 - k >= 2) {
-      stream_rows<R, 2>(x, d_in, w, d_out, part, v0, v1, k, last, k == k0);
+      stream_rows<R, 2>(x, d_in, w, part, v0, v1, k, last, k == k0);
       k += 2;
     }
-    if (k1 - k >= 1) stream_rows<R, 1>(x, d_in, w, d_out, part, v0, v1, k, last, k == k0);
+    if (k1 - k >= 1) stream_rows<R, 1>(x, d_in, w, part, v0, v1, k, last, k == k0);
   }
 
   // stream_segment_rows with the row count chosen at run time (1 ≤ n ≤ kStreamMaxRows).
   template <typename E>
-  static void stream_segment(const float* x, int n, const E* w, int d_in, int d_out, int s,
-                             float* part, int v0, int v1) {
+  static void stream_segment(const float* x, int n, const Matrix<E>& w, int s, float* part, int v0,
+                             int v1) {
     auto run = [&](auto rows_c) {
-      stream_segment_rows<decltype(rows_c)::value>(x, w, d_in, d_out, s, part, v0, v1);
+      stream_segment_rows<decltype(rows_c)::value>(x, w, s, part, v0, v1);
     };
     switch (n) {
       case 1: run(std::integral_constant<int, 1>()); break;
@@ -179,8 +187,8 @@ struct VectorLinear {
     }
   }
 
-  // out[r, j] = ((part_0 + part_1) + …) + b[j] over the segments' partial sums, column vectors
-  // [v0, v1).
+  // out[r, j] = ((part_0 + part_1) + …) + b[j] (b may be null) over the segments' partial sums,
+  // column vectors [v0, v1).
   static void add_segments(const float* parts, int n_segments, int n, int d_out, const float* b,
                            float* out, int v0, int v1) {
     const int nvec = (d_out + W - 1) / W;
@@ -191,7 +199,8 @@ struct VectorLinear {
         const float* p = parts + size_t(r) * d_out + v * W;
         V acc = F32::load(p, m);
         for (int s = 1; s < n_segments; ++s) acc = F32::add(acc, F32::load(p + s * stride, m));
-        F32::store(out + size_t(r) * d_out + v * W, F32::add(acc, F32::load(b + v * W, m)), m);
+        if (b) acc = F32::add(acc, F32::load(b + v * W, m));
+        F32::store(out + size_t(r) * d_out + v * W, acc, m);
       }
   }
 
@@ -209,7 +218,8 @@ struct VectorLinear {
     const int n_segments = (lin.d_in + kSegmentRows - 1) / kSegmentRows;
     const size_t segment_stride = size_t(n) * lin.d_out;
     float* parts = segment_partials(n_segments * segment_stride);
-    const auto* w = stored_values<Format>(lin.w, lin.packed);
+    const Matrix<typename Format::Storage> w{stored_values<Format>(lin.w, lin.packed), lin.d_in,
+                                              lin.d_out};
 #pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -221,7 +231,7 @@ struct VectorLinear {
       for (int64_t u = units * t / nt; u < u1;) {
         const int s = int(u / nvec), v0 = int(u % nvec);
         const int v1 = int(std::min<int64_t>(nvec, u1 - int64_t(s) * nvec));
-        stream_segment(x, n, w, lin.d_in, lin.d_out, s, parts + s * segment_stride, v0, v1);
+        stream_segment(x, n, w, s, parts + s * segment_stride, v0, v1);
         u = int64_t(s) * nvec + v1;
       }
 #pragma omp barrier
@@ -230,39 +240,43 @@ struct VectorLinear {
     }
   }
 
-  // --- register tiles: n > kStreamMaxRows
-  // ---------------------------------------------------------
+  // --- register tiles: n > kStreamMaxRows, or bf16 ---------------------------------------------
   static constexpr int kTileRows = W == 16 ? 6 : 4;  // 6 (4) rows × 4 (3) vectors
   static constexpr int kTileVecs = W == 16 ? 4 : 3;
   static constexpr int kPassRows = 256;  // rows of w per pass over the tiles of x's rows
   static_assert(kPassRows % kSegmentRows == 0, "a pass must hold whole segments");
 
-  // acc[r][p] = fma(x[r, k + i], w[k + i, p·W + lane], acc[r][p]) for kRows (one load's) rows of
-  // w from k, in order, w pointing at the tile's first column vector. One row of x (decode): widen
-  // and use each vector at once; several: widen the P vectors first, then one broadcast of x per
-  // row.
+  // acc[r][p] = fma(x[r, k + i], w[k + i, (v + p)·W + lane], acc[r][p]) for kRows (one load's)
+  // rows of w from k, in order. One row of x (decode): widen and use each vector at once;
+  // several: widen the P vectors first, then one broadcast of x per row.
   template <int R, int P, int kRows, typename E>
-  static void row_step(const float* x, int ldx, int k, const E* w, size_t ldw, int last,
+  static void row_step(const float* x, int ldx, int k, const Matrix<E>& w, int v, int last,
                        V (&acc)[R][P]) {
     if constexpr (R == 1) {
+      V xb[kRows];  // in registers, as in stream_rows
+      GPT2GEN_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        xb[i] = F32::set1(x[k + i]);
+        __asm__("" : "+v"(xb[i]));
+      }
       GPT2GEN_UNROLL
       for (int p = 0; p < P; ++p) {
         V wv[kRows];
         if (p == P - 1)
-          widen_rows<kRows, true>(w, ldw, k, p, last, wv);
+          widen_rows<kRows, true>(w, k, v + p, last, wv);
         else
-          widen_rows<kRows, false>(w, ldw, k, p, last, wv);
+          widen_rows<kRows, false>(w, k, v + p, last, wv);
         GPT2GEN_UNROLL
-        for (int i = 0; i < kRows; ++i) acc[0][p] = F32::fma(F32::set1(x[k + i]), wv[i], acc[0][p]);
+        for (int i = 0; i < kRows; ++i) acc[0][p] = F32::fma(xb[i], wv[i], acc[0][p]);
       }
     } else {
       V wv[P][kRows];
       GPT2GEN_UNROLL
       for (int p = 0; p < P; ++p) {
         if (p == P - 1)
-          widen_rows<kRows, true>(w, ldw, k, p, last, wv[p]);
+          widen_rows<kRows, true>(w, k, v + p, last, wv[p]);
         else
-          widen_rows<kRows, false>(w, ldw, k, p, last, wv[p]);
+          widen_rows<kRows, false>(w, k, v + p, last, wv[p]);
       }
       GPT2GEN_UNROLL
       for (int i = 0; i < kRows; ++i) {
@@ -276,9 +290,9 @@ struct VectorLinear {
     }
   }
 
-  // acc[r][p] = Σ_{k0 ≤ k < k1} x[r, k]·w[k, p·W + lane], from zero, k in order (k0 even).
+  // acc[r][p] = Σ_{k0 ≤ k < k1} x[r, k]·w[k, (v + p)·W + lane], from zero, k in order (k0 even).
   template <int R, int P, typename E>
-  static void sum_rows(const float* x, int ldx, const E* w, int ldw, int k0, int k1, int last,
+  static void sum_rows(const float* x, int ldx, const Matrix<E>& w, int v, int k0, int k1, int last,
                        V (&acc)[R][P]) {
     GPT2GEN_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -287,16 +301,16 @@ struct VectorLinear {
     }
     constexpr int kStep = kRowsPerLoad<E>;
     int k = k0;
-    for (; k + kStep <= k1; k += kStep) row_step<R, P, kStep>(x, ldx, k, w, ldw, last, acc);
-    if (k < k1) row_step<R, P, 1>(x, ldx, k, w, ldw, last, acc);  // a pair's first row
+    for (; k + kStep <= k1; k += kStep) row_step<R, P, kStep>(x, ldx, k, w, v, last, acc);
+    if (k < k1) row_step<R, P, 1>(x, ldx, k, w, v, last, acc);  // a pair's first row
   }
 
-  // out[r, p·W + lane] for R rows and P column vectors (the last holding `last`
+  // out[r, p·W + lane] for R rows and the P column vectors from v of w (the last holding `last`
   // columns) over the rows [k0, k1) of w, k0 a segment boundary: each segment's sum starts at
   // zero in registers and is added to out (or is out, for the first segment); bias, if given, is
-  // added at the end.
+  // added at the end. out and bias point at column v·W.
   template <int R, int P, typename E>
-  static void dense_tile(const float* x, int ldx, const E* w, int ldw, int k0, int k1,
+  static void dense_tile(const float* x, int ldx, const Matrix<E>& w, int v, int k0, int k1,
                          const float* bias, float* out, int ldo, int last) {
     const Mask m = F32::mask(last);
     auto load = [&](const float* p, int p_index) {
@@ -305,7 +319,7 @@ struct VectorLinear {
     for (int s0 = k0; s0 < k1; s0 += kSegmentRows) {
       const int s1 = std::min(k1, s0 + kSegmentRows);
       V acc[R][P];
-      sum_rows<R, P>(x, ldx, w, ldw, s0, s1, last, acc);
+      sum_rows<R, P>(x, ldx, w, v, s0, s1, last, acc);
       const bool add_bias = bias && s1 == k1;
       GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) {
@@ -328,9 +342,10 @@ struct VectorLinear {
   static void tile(const float* x, int ldx, const LinearWeights<float>& lin, int v, int k0, int k1,
                    bool with_bias, float* out, int ldo, int last) {
     const int j0 = v * W;
-    const float* bias = with_bias ? lin.b + j0 : nullptr;
-    const auto* w = row_vector(stored_values<Format>(lin.w, lin.packed), lin.d_out, 0, v);
-    dense_tile<R, P>(x, ldx, w, lin.d_out, k0, k1, bias, out + j0, ldo, last);
+    const float* bias = with_bias && lin.b ? lin.b + j0 : nullptr;
+    const Matrix<typename Format::Storage> w{stored_values<Format>(lin.w, lin.packed), lin.d_in,
+                                             lin.d_out};
+    dense_tile<R, P>(x, ldx, w, v, k0, k1, bias, out + j0, ldo, last);
   }
 
   // The tiles of kTileRows × kTileVecs and every smaller size, as [rows − 1][vecs − 1].
@@ -347,8 +362,8 @@ struct VectorLinear {
     return {tiles_of_rows<Format, Rs + 1>(std::make_integer_sequence<int, kTileVecs>())...};
   }
 
-  // n > 1: one panel of kTileVecs column vectors, in passes of kPassRows rows of w, every
-  // kTileRows rows of x reusing the pass's (widened) rows of w from cache.
+  // One panel of kTileVecs column vectors (bf16's stored panel on AVX-512), in passes of kPassRows
+  // rows of w, every kTileRows rows of x reusing the pass's rows of w from cache.
   template <typename Format>
   static void panel(const float* x, int n, const LinearWeights<float>& lin, float* out, int index) {
     static constexpr auto kTiles = tile_table<Format>(std::make_integer_sequence<int, kTileRows>());
@@ -373,7 +388,8 @@ struct VectorLinear {
       for (int r = 0; r < n; ++r) std::copy(lin.b, lin.b + lin.d_out, out + size_t(r) * lin.d_out);
       return;
     }
-    if (n <= kStreamMaxRows) return stream<Format>(x, n, lin, out);
+    if (Format::kFormat == WeightFormat::native && n <= kStreamMaxRows)
+      return stream<Format>(x, n, lin, out);
     const int nvec = (lin.d_out + W - 1) / W;
     const int n_panels = (nvec + kTileVecs - 1) / kTileVecs;
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)

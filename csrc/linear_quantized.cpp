@@ -252,12 +252,14 @@ struct VectorQuantizedLinear {
     const int nvec = (lin.d_out + W - 1) / W;
     const int tail = lin.d_out - (nvec - 1) * W;
     auto last_of = [&](int v, int vecs) { return v + vecs == nvec ? tail : W; };
-    if (n == 1) {
+    if (n == 1) {  // each thread takes whole panels: contiguous memory
+      constexpr int kPanelVecs = kPanelColumns / W;
+      const int panels = (nvec + kPanelVecs - 1) / kPanelVecs;
 #pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
       {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int v1 = int(int64_t(nvec) * (t + 1) / nt);
-        for (int v = int(int64_t(nvec) * t / nt); v < v1;) {
+        const int v1 = std::min(nvec, int(int64_t(panels) * (t + 1) / nt) * kPanelVecs);
+        for (int v = int(int64_t(panels) * t / nt) * kPanelVecs; v < v1;) {
           const int vecs = std::min(kDecodeVecs<Format>, v1 - v);
           panel_columns<Format, 1>(vecs, a, 0, m, v, 0, m.blocks, lin.b, out, lin.d_out,
                                    last_of(v, vecs));

@@ -17,25 +17,29 @@ struct LayerNormWeights {
 // int4 (python/gpt2gen/packing.py); activations and accumulation stay float32.
 enum class WeightFormat : uint8_t {
   native,  // the parameters' dtype, read in place
-  bf16,    // uint16: the high half of each float32, rounded to nearest even; wte in its layout, a
-           // linear's w[d_in, d_out] in interleaved row pairs [ceil(d_in / 2)][d_out][2] (one
-           // load widens two rows; an odd d_in is padded with a zero row)
+  bf16,    // uint16: the high half of each float32, rounded to nearest even, in panels (below)
   int8,    // quantized (below): q in [-127, 127] stored as the byte q + 128, float32 scales
   int4,    // quantized (below): q in [-8, 7] stored as the nibble q + 8, float16 scales
 };
 
-// The quantized formats see a matrix as w[d_in, d_out] with the product reducing over d_in (a
-// linear's w; the transpose of wte): value(k, j) = q(k, j)·scale(k / kQuantBlock, j). For the
-// integer dot products (four bytes of a column against four bytes of activations), d_out is cut
-// into panels of kQuantPanel columns and d_in padded with zeros to whole blocks; each panel is
-// stored contiguously, as groups of four bytes per column:
-//   data   [panels][d_in_padded / kGroup][kQuantPanel][4] bytes, where a column's four bytes
-//          hold k = 4g .. 4g + 3 (int8, kGroup = 4), or k = 8g .. 8g + 3 in their low nibbles
-//          and k = 8g + 4 .. 8g + 7 in their high nibbles (int4, kGroup = 8);
-//   scales [panels][d_in_padded / kQuantBlock][kQuantPanel], float32 (int8) or float16 (int4).
-// Padded columns and rows hold q = 0 and scale 0.
+// Packed matrices are seen as w[d_in, d_out] with the product reducing over d_in (a linear's w;
+// the transpose of wte), d_out cut into panels of kPanelColumns columns, each panel stored
+// contiguously, padded with zeros (columns to whole panels, d_in as below). A kernel's tile of
+// column vectors is one panel, so each tile reads one sequential stream: several interleaved
+// short streams (GPT-2's rows) defeat the hardware prefetchers (a core then reads DRAM at about
+// half the rate, measured).
+//   bf16: [panels][ceil(d_in / 2)][kPanelColumns][2], rows in interleaved pairs (one load widens
+//         two rows of a column vector); an odd d_in gets a zero row.
+//   int8, int4 (quantized): value(k, j) = q(k, j)·scale(k / kQuantBlock, j); d_in padded to whole
+//         blocks; for the integer dot products (four bytes of a column against four bytes of
+//         activations), groups of four bytes per column:
+//     data   [panels][d_in_padded / kGroup][kPanelColumns][4] bytes, where a column's four bytes
+//            hold k = 4g .. 4g + 3 (int8, kGroup = 4), or k = 8g .. 8g + 3 in their low nibbles
+//            and k = 8g + 4 .. 8g + 7 in their high nibbles (int4, kGroup = 8);
+//     scales [panels][d_in_padded / kQuantBlock][kPanelColumns], float32 (int8) or float16 (int4).
+//     Padded columns and rows hold q = 0 and scale 0.
 constexpr int kQuantBlock = 32;
-constexpr int kQuantPanel = 16;
+constexpr int kPanelColumns = 64;
 
 struct Packed {
   WeightFormat format = WeightFormat::native;
@@ -76,8 +80,7 @@ struct Weights {
   int n_vocab = 0, n_ctx = 0, n_embd = 0, n_head = 0;
   KVFormat kv_format = KVFormat::native;  // chosen with the model, for every cache it fills
   const T* wte = nullptr;                 // [n_vocab, n_embd], also the output projection (tied)
-  Packed
-      wte_packed{};  // when packed (wte is null); quantized: as the matrix wteᵀ [n_embd, n_vocab]
+  Packed wte_packed{};  // when packed (wte is null): as the matrix wteᵀ [n_embd, n_vocab]
   const T* wpe = nullptr;  // [n_ctx, n_embd]
   std::vector<BlockWeights<T>> blocks;
   LayerNormWeights<T> ln_f{};

@@ -98,12 +98,6 @@ struct VectorPointwise {
 template <typename T>
 using Vector = VectorPointwise<simd::Vec<T>>;
 
-// wte[id] + wpe[pos] for one position, wte's row widened from its (unquantized) format.
-template <typename Format, typename T>
-void embedding_row(const typename Format::Storage* tok, const T* pos, int d, T* out) {
-  for (int i = 0; i < d; ++i) out[i] = Format::widen(tok[i]) + pos[i];
-}
-
 }  // namespace
 
 template <typename T>
@@ -114,12 +108,12 @@ void embedding(const T* wte, Packed wte_packed, const T* wpe, int n_embd, const 
     for (int t = 0; t < n; ++t) {
       const T* pos = wpe + size_t(pos0 + t) * n_embd;
       T* o = out + size_t(t) * n_embd;
-      if constexpr (Format::kQuantized) {  // wte[id] is column id of wteᵀ (d_out is not needed)
-        const QuantizedMatrix<Format> wte_t(wte_packed, n_embd, 0);
-        for (int i = 0; i < n_embd; ++i) o[i] = wte_t.value(i, ids[t]) + pos[i];
-      } else {
-        embedding_row<Format>(stored_values<Format>(wte, wte_packed) + size_t(ids[t]) * n_embd, pos,
-                              n_embd, o);
+      if constexpr (Format::kFormat == WeightFormat::native) {
+        const T* tok = wte + size_t(ids[t]) * n_embd;
+        for (int i = 0; i < n_embd; ++i) o[i] = tok[i] + pos[i];
+      } else {  // wte[id] is column id of the stored wteᵀ (d_out is not needed)
+        for (int i = 0; i < n_embd; ++i)
+          o[i] = packed_value<Format>(wte_packed, n_embd, 0, i, ids[t]) + pos[i];
       }
     }
   });

@@ -101,7 +101,7 @@ inline void add_products(const T* x, const typename Format::Storage* w, int d_in
       for (int r = 0; r < R; ++r) {
         const T xk = x[size_t(r) * d_in + k];
         for (int j = 0; j < COLS; ++j)
-          sum[r][j] += xk * Format::widen(w[linear_index<Format>(k, j0 + j, d_out)]);
+          sum[r][j] += xk * Format::widen(w[linear_index<Format>(k, j0 + j, d_in, d_out)]);
       }
     }
   } else {
@@ -109,7 +109,7 @@ inline void add_products(const T* x, const typename Format::Storage* w, int d_in
       for (int r = 0; r < R; ++r) {
         const T xk = x[size_t(r) * d_in + k];
         for (int j = 0; j < cols; ++j)
-          sum[r][j] += xk * Format::widen(w[linear_index<Format>(k, j0 + j, d_out)]);
+          sum[r][j] += xk * Format::widen(w[linear_index<Format>(k, j0 + j, d_in, d_out)]);
       }
     }
   }
@@ -123,7 +123,8 @@ inline void linear_tile(const T* x, const LinearWeights<T>& lin, int j0, int col
   T acc[R][COLS] = {};
   add_products<Format>(x, w, d_in, d_out, j0, cols, 0, d_in, acc);
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < cols; ++j) out[size_t(r) * d_out + j0 + j] = acc[r][j] + lin.b[j0 + j];
+    for (int j = 0; j < cols; ++j)
+      out[size_t(r) * d_out + j0 + j] = lin.b ? acc[r][j] + lin.b[j0 + j] : acc[r][j];
 }
 
 // Every row of x, 4 at a time, against the columns [j0, j0 + cols).
@@ -185,21 +186,10 @@ void quantized_linear(const float* x, int n, const LinearWeights<float>& lin, fl
 
 // --- unembed ----------------------------------------------------------------------------------
 
-// x·row for one row of the tied embedding. Native weights sum in 2·kLanes partial sums
-// (vectorised), bf16 ones in order: the orders their results were first computed in.
-template <typename Format, typename T>
-inline T dot_row(const T* x, const typename Format::Storage* row, int d) {
-  if constexpr (Format::kFormat == WeightFormat::native)
-    return dot<2 * kLanes<T>, Format>(x, row, d);
-  else
-    return dot<1, Format>(x, row, d);
-}
-
-// Unquantized formats (unembed.cpp hands the quantized ones to linear).
-template <typename Format, typename T>
-void unembed(Format, const T* x, int n, const T* wte, const Packed& wte_packed, int n_vocab, int d,
-             T* out) {
-  const auto* values = stored_values<Format>(wte, wte_packed);
+// Native weights (unembed.cpp hands the packed formats, which store wteᵀ, to linear): each logit
+// sums in 2·kLanes partial sums (vectorised), the order its results were first computed in.
+template <typename T>
+void unembed(const T* x, int n, const T* wte, int n_vocab, int d, T* out) {
   // Groups of vocabulary rows small enough to stay in cache while every x row visits them.
   constexpr int kGroupRows = 64;
   const int n_groups = (n_vocab + kGroupRows - 1) / kGroupRows;
@@ -209,7 +199,7 @@ void unembed(Format, const T* x, int n, const T* wte, const Packed& wte_packed, 
     for (int r = 0; r < n; ++r)
       for (int v = g * kGroupRows; v < v_end; ++v)
         out[size_t(r) * n_vocab + v] =
-            dot_row<Format>(x + size_t(r) * d, values + size_t(v) * d, d);
+            dot<2 * kLanes<T>, NativeFormat<T>>(x + size_t(r) * d, wte + size_t(v) * d, d);
   }
 }
 

@@ -1,24 +1,18 @@
-// The logits: x against every row of the tied embedding wte, in any weight format (float32 with
-// vectors where the instruction set has them, simd.hpp; otherwise the portable loops).
+// The logits: x against every row of the tied embedding wte (float32 with vectors where the
+// instruction set has them, simd.hpp; otherwise the portable loops).
 //
-// The quantized formats store wte as the matrix wteᵀ [d, n_vocab] (model.hpp): their logits are
-// a linear without bias (linear_quantized.cpp).
+// The packed formats store wte as the matrix wteᵀ [d, n_vocab] (model.hpp): their logits are a
+// linear without bias (linear.cpp).
 //
 // Vector order of every logit (one instruction set; the same for every row count, tiling and
 // thread count), with vector lanes over d: acc = 0; acc = fma(x[r, c·W:], wte[v, c·W:], acc) over
-// the vector chunks c of d in order (the last one masked); logit = F32::sum(acc). bf16 first
-// takes d's values two chunks at a time, as pairs (lane i: values c + 2i and c + 2i + 1):
-// acc = fma(x_even, wte_even, acc); acc = fma(x_odd, wte_odd, acc), then the rest as above.
+// the vector chunks c of d in order (the last one masked); logit = F32::sum(acc).
 #include <algorithm>
-#include <type_traits>
-#include <vector>
 
 #include "kernels.hpp"
-#include "linear_quantized.hpp"
 #include "openmp.hpp"
 #include "portable.hpp"
 #include "simd.hpp"
-#include "weight_format.hpp"
 
 namespace gpt2gen {
 namespace GPT2GEN_ISA_NS {
@@ -37,31 +31,9 @@ struct VectorUnembed {
   static constexpr int kRows = W == 16 ? 4 : 3;
   static constexpr int kVocab = W == 16 ? 6 : 4;
 
-  // x's rows for bf16: the first 2·np values of each row as np even-indexed then np odd-indexed
-  // values (np a multiple of W), to meet wte's values as widen_pair splits them.
-  struct Pairs {
-    const float* x = nullptr;  // [rows][2·np]
-    int np = 0;
-  };
-
-  static Pairs deinterleave(const float* x, int n, int d) {
-    thread_local std::vector<float> buffer;
-    Pairs pairs;
-    pairs.np = d / (2 * W) * W;
-    buffer.resize(size_t(n) * 2 * pairs.np);
-    for (int r = 0; r < n; ++r)
-      for (int i = 0; i < pairs.np; ++i) {
-        buffer[size_t(r) * 2 * pairs.np + i] = x[size_t(r) * d + 2 * i];
-        buffer[size_t(r) * 2 * pairs.np + pairs.np + i] = x[size_t(r) * d + 2 * i + 1];
-      }
-    pairs.x = buffer.data();
-    return pairs;
-  }
-
-  // out[r, v] for R rows of x against NV consecutive rows of wte. bf16 reads pairs of values with
-  // one load (widen_pair), over the first 2·pairs.np values of d.
-  template <int R, int NV, typename E>
-  static void tile(const float* x, Pairs pairs, const E* wte, int d, float* out, int ldo) {
+  // out[r, v] for R rows of x against NV consecutive rows of wte.
+  template <int R, int NV>
+  static void tile(const float* x, const float* wte, int d, float* out, int ldo) {
     V acc[R][NV];
     GPT2GEN_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -69,34 +41,13 @@ struct VectorUnembed {
       for (int v = 0; v < NV; ++v) acc[r][v] = F32::zero();
     }
     int c = 0;
-    if constexpr (std::is_same_v<E, Bf16>) {
-      for (int cp = 0; cp < pairs.np; cp += W) {
-        V xe[R], xo[R];
-        GPT2GEN_UNROLL
-        for (int r = 0; r < R; ++r) {
-          xe[r] = F32::load(pairs.x + size_t(r) * 2 * pairs.np + cp);
-          xo[r] = F32::load(pairs.x + size_t(r) * 2 * pairs.np + pairs.np + cp);
-        }
-        GPT2GEN_UNROLL
-        for (int v = 0; v < NV; ++v) {
-          V even, odd;
-          F32::widen_pair(wte + size_t(v) * d + 2 * cp, even, odd);
-          GPT2GEN_UNROLL
-          for (int r = 0; r < R; ++r) {
-            acc[r][v] = F32::fma(xe[r], even, acc[r][v]);
-            acc[r][v] = F32::fma(xo[r], odd, acc[r][v]);
-          }
-        }
-      }
-      c = 2 * pairs.np;
-    }
     for (; c + W <= d; c += W) {
       V xv[R];
       GPT2GEN_UNROLL
       for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c);
       GPT2GEN_UNROLL
       for (int v = 0; v < NV; ++v) {
-        const V wv = F32::widen(wte + size_t(v) * d + c);
+        const V wv = F32::load(wte + size_t(v) * d + c);
         GPT2GEN_UNROLL
         for (int r = 0; r < R; ++r) acc[r][v] = F32::fma(xv[r], wv, acc[r][v]);
       }
@@ -108,7 +59,7 @@ struct VectorUnembed {
       for (int r = 0; r < R; ++r) xv[r] = F32::load(x + size_t(r) * d + c, m);
       GPT2GEN_UNROLL
       for (int v = 0; v < NV; ++v) {
-        const V wv = F32::widen(wte + size_t(v) * d + c, d - c);
+        const V wv = F32::load(wte + size_t(v) * d + c, m);
         GPT2GEN_UNROLL
         for (int r = 0; r < R; ++r) acc[r][v] = F32::fma(xv[r], wv, acc[r][v]);
       }
@@ -121,53 +72,45 @@ struct VectorUnembed {
   }
 
   // The vocabulary rows [v0, v1) for every row of x.
-  template <typename Format, int R, int NV>
-  static void vocabulary_rows(const float* x, Pairs pairs, int n,
-                              const typename Format::Storage* wte, int d, int n_vocab, float* out,
-                              int v0, int v1) {
+  template <int R, int NV>
+  static void vocabulary_rows(const float* x, int n, const float* wte, int d, int n_vocab,
+                              float* out, int v0, int v1) {
     // Passes over as many wte rows as fit in L2 read them from memory once; inside a pass, each
     // tile of x rows (L1) visits every group of NV vocabulary rows.
-    const int row_bytes = d * int(sizeof(typename Format::Storage));
+    const int row_bytes = d * int(sizeof(float));
     const int pass_rows = std::max(NV, (256 * 1024 / (row_bytes + 1)) / NV * NV);
     for (int p0 = v0; p0 < v1; p0 += pass_rows) {
       const int p1 = std::min(v1, p0 + pass_rows);
       for (int r = 0; r < n; r += R) {
         const int tile_rows = std::min(R, n - r);
         const float* xr = x + size_t(r) * d;
-        auto pairs_of = [&](int row) {
-          return Pairs{pairs.x ? pairs.x + size_t(r + row) * 2 * pairs.np : nullptr, pairs.np};
-        };
         float* o = out + size_t(r) * n_vocab;
         int v = p0;
         for (; v + NV <= p1; v += NV) {
           if (tile_rows == R)
-            tile<R, NV>(xr, pairs_of(0), wte + size_t(v) * d, d, o + v, n_vocab);
+            tile<R, NV>(xr, wte + size_t(v) * d, d, o + v, n_vocab);
           else
             for (int rr = 0; rr < tile_rows; ++rr)
-              tile<1, NV>(xr + size_t(rr) * d, pairs_of(rr), wte + size_t(v) * d, d,
+              tile<1, NV>(xr + size_t(rr) * d, wte + size_t(v) * d, d,
                           o + size_t(rr) * n_vocab + v, n_vocab);
         }
         for (; v < p1; ++v)
           for (int rr = 0; rr < tile_rows; ++rr)
-            tile<1, 1>(xr + size_t(rr) * d, pairs_of(rr), wte + size_t(v) * d, d,
-                       o + size_t(rr) * n_vocab + v, n_vocab);
+            tile<1, 1>(xr + size_t(rr) * d, wte + size_t(v) * d, d, o + size_t(rr) * n_vocab + v,
+                       n_vocab);
       }
     }
   }
 
-  template <typename Format>
-  static void unembed(Format, const float* x, int n, const float* wte, const Packed& wte_packed,
-                      int n_vocab, int d, float* out) {
-    const auto* values = stored_values<Format>(wte, wte_packed);
-    const Pairs pairs = std::is_same_v<Format, Bf16Format> ? deinterleave(x, n, d) : Pairs{};
+  static void unembed(const float* x, int n, const float* wte, int n_vocab, int d, float* out) {
 #pragma omp parallel num_threads(num_threads()) if (n_vocab >= 64)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       const int v0 = int(int64_t(n_vocab) * t / nt), v1 = int(int64_t(n_vocab) * (t + 1) / nt);
       if (n == 1)
-        vocabulary_rows<Format, 1, kDecodeVocab>(x, pairs, n, values, d, n_vocab, out, v0, v1);
+        vocabulary_rows<1, kDecodeVocab>(x, n, wte, d, n_vocab, out, v0, v1);
       else
-        vocabulary_rows<Format, kRows, kVocab>(x, pairs, n, values, d, n_vocab, out, v0, v1);
+        vocabulary_rows<kRows, kVocab>(x, n, wte, d, n_vocab, out, v0, v1);
     }
   }
 };
@@ -176,14 +119,12 @@ struct VectorUnembed {
 
 template <typename T>
 void unembed(const T* x, int n, const T* wte, Packed wte_packed, int n_vocab, int d, T* out) {
-  with_weight_format<T>(wte_packed.format, [&](auto format) {
-    if constexpr (decltype(format)::kQuantized)
-      quantized_linear<decltype(format)>(x, n, {nullptr, nullptr, d, n_vocab, wte_packed}, out);
-    else if constexpr (simd::kHasVec<T>)
-      VectorUnembed<simd::Vec<T>>::unembed(format, x, n, wte, wte_packed, n_vocab, d, out);
-    else
-      portable::unembed(format, x, n, wte, wte_packed, n_vocab, d, out);
-  });
+  if (wte_packed.format != WeightFormat::native)
+    return linear<T>(x, n, {nullptr, nullptr, d, n_vocab, wte_packed}, out);
+  if constexpr (simd::kHasVec<T>)
+    VectorUnembed<simd::Vec<T>>::unembed(x, n, wte, n_vocab, d, out);
+  else
+    portable::unembed(x, n, wte, n_vocab, d, out);
 }
 
 template void unembed<float>(const float*, int, const float*, Packed, int, int, float*);

@@ -37,7 +37,7 @@ struct NativeFormat {
   static T widen(T w) { return w; }
 };
 
-// bf16 linears store their rows in interleaved pairs (model.hpp): linear_index below.
+// bf16 matrices are stored in panels, rows in interleaved pairs (model.hpp): bf16_index below.
 struct Bf16Format {
   static constexpr WeightFormat kFormat = WeightFormat::bf16;
   static constexpr bool kQuantized = false;
@@ -113,12 +113,12 @@ struct QuantizedMatrix {
 
   // Column j's four bytes of the group holding row k.
   const uint8_t* group_bytes(int k, int j) const {
-    return data + (size_t(j / kQuantPanel) * groups + k / Format::kGroup) * (4 * kQuantPanel) +
-           (j % kQuantPanel) * 4;
+    return data + (size_t(j / kPanelColumns) * groups + k / Format::kGroup) * (4 * kPanelColumns) +
+           (j % kPanelColumns) * 4;
   }
   // The index of column j's scale of a block among the scales.
   size_t scale_index(int block, int j) const {
-    return (size_t(j / kQuantPanel) * blocks + block) * kQuantPanel + j % kQuantPanel;
+    return (size_t(j / kPanelColumns) * blocks + block) * kPanelColumns + j % kPanelColumns;
   }
   float scale(int block, int j) const { return Format::scale(scales, scale_index(block, j)); }
   // The float32 value w[k, j] stands for.
@@ -127,14 +127,30 @@ struct QuantizedMatrix {
   }
 };
 
-// The index of w[k, j] among the stored values of a linear's matrix (d_out columns) in an
-// unquantized format: GPT-2's layout, or bf16's row pairs [k / 2][j][k % 2].
+// The index of w[k, j] among bf16's stored values of a matrix with d_in rows (model.hpp's panels).
+inline size_t bf16_index(int k, int j, int d_in) {
+  return ((size_t(j / kPanelColumns) * ((d_in + 1) / 2) + k / 2) * kPanelColumns +
+          j % kPanelColumns) * 2 +
+         k % 2;
+}
+
+// The index of w[k, j] among the stored values of a linear's matrix w[d_in, d_out] in an
+// unquantized format: GPT-2's layout, or bf16's panels.
 template <typename Format>
-size_t linear_index(int k, int j, int d_out) {
+size_t linear_index(int k, int j, int d_in, int d_out) {
   if constexpr (Format::kFormat == WeightFormat::bf16)
-    return (size_t(k / 2) * d_out + j) * 2 + k % 2;
+    return bf16_index(k, j, d_in);
   else
     return size_t(k) * d_out + j;
+}
+
+// The float32 value w[k, j] of a packed matrix w[d_in, d_out] stands for (model.hpp).
+template <typename Format>
+float packed_value(const Packed& packed, int d_in, int d_out, int k, int j) {
+  if constexpr (Format::kQuantized)
+    return QuantizedMatrix<Format>(packed, d_in, d_out).value(k, j);
+  else
+    return Format::widen(static_cast<const Bf16*>(packed.data)[bf16_index(k, j, d_in)]);
 }
 
 // The stored values of a matrix of an unquantized format given as a native array (null when

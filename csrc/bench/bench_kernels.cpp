@@ -307,22 +307,22 @@ struct PackedMatrix {
   PackedMatrix(const std::vector<float>& w, int rows, int cols, WeightFormat format,
                bool reduce_rows)
       : format(format), rows(rows), cols(cols), reduce_rows(reduce_rows) {
-    if (format == WeightFormat::bf16) {  // a linear's rows in interleaved pairs
-      bf16.assign(size_t(reduce_rows ? (rows + 1) / 2 * 2 : rows) * cols, 0);
+    const int d_in = reduce_rows ? rows : cols, d_out = reduce_rows ? cols : rows;
+    const int panels = (d_out + kPanelColumns - 1) / kPanelColumns;
+    if (format == WeightFormat::bf16) {  // panels, rows in interleaved pairs
+      bf16.assign(size_t(panels) * (d_in + 1) / 2 * kPanelColumns * 2, 0);
       for (int i = 0; i < rows; ++i)
         for (int j = 0; j < cols; ++j) bf16[bf16_index(i, j)] = to_bf16(w[size_t(i) * cols + j]);
       return;
     }
     const bool int8 = format == WeightFormat::int8;
-    const int d_in = reduce_rows ? rows : cols, d_out = reduce_rows ? cols : rows;
-    const int blocks = (d_in + kQuantBlock - 1) / kQuantBlock;
-    const int panels = (d_out + kQuantPanel - 1) / kQuantPanel, group = int8 ? 4 : 8;
+    const int blocks = (d_in + kQuantBlock - 1) / kQuantBlock, group = int8 ? 4 : 8;
     const size_t groups = size_t(blocks) * kQuantBlock / group;
-    data.assign(size_t(panels) * groups * 4 * kQuantPanel, int8 ? 128 : 0x88);  // q = 0
+    data.assign(size_t(panels) * groups * 4 * kPanelColumns, int8 ? 128 : 0x88);  // q = 0
     if (int8)
-      scales.assign(size_t(panels) * blocks * kQuantPanel, 0.0f);
+      scales.assign(size_t(panels) * blocks * kPanelColumns, 0.0f);
     else
-      half_scales.assign(size_t(panels) * blocks * kQuantPanel, 0);
+      half_scales.assign(size_t(panels) * blocks * kPanelColumns, 0);
     values.assign(size_t(d_in) * d_out, 0.0f);
     auto at = [&](int k, int j) {
       return reduce_rows ? w[size_t(k) * cols + j] : w[size_t(j) * cols + k];
@@ -333,7 +333,7 @@ struct PackedMatrix {
         float largest = 0;  // the value of largest magnitude
         for (int k = k0; k < k1; ++k)
           if (std::abs(at(k, j)) > std::abs(largest)) largest = at(k, j);
-        const size_t si = (size_t(j / kQuantPanel) * blocks + b) * kQuantPanel + j % kQuantPanel;
+        const size_t si = (size_t(j / kPanelColumns) * blocks + b) * kPanelColumns + j % kPanelColumns;
         float step;
         if (int8) {
           step = scales[si] = std::abs(largest) / 127.0f;
@@ -346,8 +346,8 @@ struct PackedMatrix {
           const float v = step != 0 ? std::nearbyint(at(k, j) / step) : 0.0f;
           const int q = int(std::max(int8 ? -127.0f : -8.0f, std::min(int8 ? 127.0f : 7.0f, v)));
           values[size_t(k) * d_out + j] = float(q) * step;
-          uint8_t& byte = data[(size_t(j / kQuantPanel) * groups + k / group) * 4 * kQuantPanel +
-                               (j % kQuantPanel) * 4 + k % 4];
+          uint8_t& byte = data[(size_t(j / kPanelColumns) * groups + k / group) * 4 * kPanelColumns +
+                               (j % kPanelColumns) * 4 + k % 4];
           if (int8)
             byte = uint8_t(q + 128);
           else if (k % 8 < 4)
@@ -357,8 +357,12 @@ struct PackedMatrix {
         }
       }
   }
+  // Element [i, j] as w[k, c] reducing over k: [c / kPanelColumns][k / 2][c % kPanelColumns][k % 2].
   size_t bf16_index(int i, int j) const {
-    return reduce_rows ? (size_t(i / 2) * cols + j) * 2 + i % 2 : size_t(i) * cols + j;
+    const int k = reduce_rows ? i : j, c = reduce_rows ? j : i, d_in = reduce_rows ? rows : cols;
+    return ((size_t(c / kPanelColumns) * ((d_in + 1) / 2) + k / 2) * kPanelColumns +
+            c % kPanelColumns) * 2 +
+           k % 2;
   }
   Packed packed() const {
     if (format == WeightFormat::bf16) return {format, bf16.data(), nullptr};

@@ -68,11 +68,10 @@ class ParamReader {
   }
 
   // node[key] as a matrix [rows, cols]: an array of the parameters' dtype, or a packed dict made
-  // by gpt2gen.pack_params, {"format": ..., "shape": (rows, cols), "data": ...}: bf16, uint16
-  // [rows, cols], or for a linear [ceil(rows / 2), cols, 2] (its rows in interleaved pairs); int8
-  // and int4, uint8 data and float32 / float16 "scales" in model.hpp's layout. The product
-  // reduces over the rows (a linear's w) or, with reduce_rows false, the columns (wte, whose
-  // quantized formats store wteᵀ).
+  // by gpt2gen.pack_params, {"format": ..., "shape": (rows, cols), "data": ...} in model.hpp's
+  // layout: bf16, uint16 data; int8 and int4, uint8 data and float32 / float16 "scales". The
+  // product reduces over the rows (a linear's w) or, with reduce_rows false, the columns (wte,
+  // stored as wteᵀ).
   const T* matrix(py::handle node, const char* key, const std::string& path, py::ssize_t rows,
                   py::ssize_t cols, bool reduce_rows, Packed& packed) {
     py::object m = child(node, key, path);
@@ -90,20 +89,20 @@ class ParamReader {
       throw py::value_error("params '" + p + ".shape' is " + std::string(py::str(m["shape"])) +
                             ", expected (" + std::to_string(rows) + ", " + std::to_string(cols) +
                             ")");
-    if (format == "bf16") {  // a linear's rows in interleaved pairs (model.hpp)
-      const std::vector<py::ssize_t> shape =
-          reduce_rows ? std::vector<py::ssize_t>{(rows + 1) / 2, cols, 2} : std::vector{rows, cols};
+    const py::ssize_t d_in = reduce_rows ? rows : cols, d_out = reduce_rows ? cols : rows;
+    const py::ssize_t panels = (d_out + kPanelColumns - 1) / kPanelColumns;
+    if (format == "bf16") {
       packed = {WeightFormat::bf16,
-                typed_array<uint16_t>(m, "data", p, shape, rule + ", whose data is uint16"),
+                typed_array<uint16_t>(m, "data", p, {panels, (d_in + 1) / 2, kPanelColumns, 2},
+                                      rule + ", whose data is uint16"),
                 nullptr};
       return nullptr;
     }
-    const py::ssize_t d_in = reduce_rows ? rows : cols, d_out = reduce_rows ? cols : rows;
-    const py::ssize_t panels = (d_out + kQuantPanel - 1) / kQuantPanel, blocks = blocks_of(d_in);
+    const py::ssize_t blocks = blocks_of(d_in);
     const py::ssize_t groups = blocks * kQuantBlock / (int8 ? 4 : 8);
-    const std::vector<py::ssize_t> scales_shape{panels, blocks, kQuantPanel};
+    const std::vector<py::ssize_t> scales_shape{panels, blocks, kPanelColumns};
     packed.format = int8 ? WeightFormat::int8 : WeightFormat::int4;
-    packed.data = typed_array<uint8_t>(m, "data", p, {panels, groups, 4 * kQuantPanel},
+    packed.data = typed_array<uint8_t>(m, "data", p, {panels, groups, 4 * kPanelColumns},
                                        rule + ", whose data is uint8");
     packed.scales =
         int8 ? static_cast<const void*>(typed_array<float>(m, "scales", p, scales_shape,

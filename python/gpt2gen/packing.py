@@ -4,12 +4,9 @@ Only the matrices are packed (every block's ``c_attn``, ``c_proj``, ``c_fc``, ``
 weights and the tied ``wte``, ~98% of GPT-2's parameters); biases, LayerNorm and ``wpe`` stay
 float32, and so do activations and accumulation. A packed matrix replaces its array by a dict:
 
-- ``{"format": "bf16", "shape": (rows, cols), "data": uint16[...]}``: the high half of each float32, rounded to nearest
-  even (half the bytes); ``wte`` keeps its shape, a linear's ``W[in, out]`` is stored as
-  ``[ceil(in / 2), out, 2]``, its rows in interleaved pairs, so that one load gives the engine two
-  rows to widen;
-- ``{"format": "int8" | "int4", "shape": (rows, cols), "data": uint8[...], "scales": ...}``
-  (every packed dict names the shape of the matrix it stands for):
+- ``{"format": "bf16", "shape": (rows, cols), "data": uint16[...]}``: the high half of each
+  float32, rounded to nearest even (half the bytes);
+- ``{"format": "int8" | "int4", "shape": (rows, cols), "data": uint8[...], "scales": ...}``:
   symmetric quantization with one scale per block of ``QUANT_BLOCK`` values along the dimension
   the product reduces over (the rows of a ``W[in, out]``, the columns of ``wte``):
   ``value = q · scale``. int8: ``q`` in [-127, 127], ``scale = max|w| / 127``, float32 scales
@@ -17,10 +14,13 @@ float32, and so do activations and accumulation. A packed matrix replaces its ar
   of least squared error among llama.cpp's q4_0 rule (the block's largest magnitude maps to -8)
   and a few smaller steps; ``pack_params(..., "int4")`` keeps the tied ``wte`` in int8.
 
-Quantized matrices are laid out for the engine's integer dot products (csrc/model.hpp): seen as
-``w[d_in, d_out]`` reducing over ``d_in`` (``wte`` transposed), cut into panels of
-``QUANT_PANEL`` columns, each holding four bytes per column per group of 4 (int8) or 8 (int4,
-two nibbles a byte) consecutive values of ``d_in``. ``unpack_matrix`` gives back the float32
+Every packed dict names the shape of the matrix it stands for. Its data is laid out for the
+engine's kernels (csrc/model.hpp): the matrix seen as ``w[d_in, d_out]`` reducing over ``d_in``
+(``wte`` transposed), cut into panels of ``PANEL_COLUMNS`` columns stored one after the other, so
+that the engine reads each panel as one sequential stream. bf16 panels hold pairs of consecutive
+rows interleaved (``[panels, ceil(d_in / 2), PANEL_COLUMNS, 2]``: one load gives two rows to
+widen); quantized ones four bytes per column per group of 4 (int8) or 8 (int4, two nibbles a byte)
+consecutive values of ``d_in``, for integer dot products. ``unpack_matrix`` gives back the float32
 values a packed matrix stands for.
 
 The engine reads the packed arrays in place, like any other parameter.
@@ -32,7 +32,7 @@ import numpy as np
 
 FORMATS = ("bf16", "int8", "int4")
 QUANT_BLOCK = 32  # must match kQuantBlock in csrc/model.hpp
-QUANT_PANEL = 16  # must match kQuantPanel in csrc/model.hpp
+PANEL_COLUMNS = 64  # must match kPanelColumns in csrc/model.hpp
 _GROUP = {"int8": 4, "int4": 8}  # values of d_in per four bytes of a column
 
 
@@ -104,20 +104,20 @@ def _int4_scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _layout(q: np.ndarray, scales: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """(data, scales) in the engine's layout (see the module docstring)."""
     d_in, d_out = q.shape
-    rows, cols = _ceil_to(d_in, QUANT_BLOCK), _ceil_to(d_out, QUANT_PANEL)
-    panels = cols // QUANT_PANEL
+    rows, cols = _ceil_to(d_in, QUANT_BLOCK), _ceil_to(d_out, PANEL_COLUMNS)
+    panels = cols // PANEL_COLUMNS
     offset = 128 if dtype == "int8" else 8
     stored = np.full((rows, cols), offset, np.uint8)
     stored[:d_in, :d_out] = (q.astype(np.int16) + offset).astype(np.uint8)
     if dtype == "int8":  # [group, k % 4, panel, column] → [panel, group, column, k % 4]
-        data = stored.reshape(rows // 4, 4, panels, QUANT_PANEL).transpose(2, 0, 3, 1)
+        data = stored.reshape(rows // 4, 4, panels, PANEL_COLUMNS).transpose(2, 0, 3, 1)
     else:  # [group, half, k % 4, panel, column]: low nibbles k % 8 < 4, high ones the rest
-        nibbles = stored.reshape(rows // 8, 2, 4, panels, QUANT_PANEL).transpose(3, 0, 4, 1, 2)
+        nibbles = stored.reshape(rows // 8, 2, 4, panels, PANEL_COLUMNS).transpose(3, 0, 4, 1, 2)
         data = nibbles[..., 0, :] | (nibbles[..., 1, :] << 4)
     padded_scales = np.zeros((rows // QUANT_BLOCK, cols), scales.dtype)
     padded_scales[:, :d_out] = scales
-    scale_layout = padded_scales.reshape(rows // QUANT_BLOCK, panels, QUANT_PANEL).transpose(1, 0, 2)
-    return (np.ascontiguousarray(data.reshape(panels, -1, 4 * QUANT_PANEL)),
+    scale_layout = padded_scales.reshape(rows // QUANT_BLOCK, panels, PANEL_COLUMNS).transpose(1, 0, 2)
+    return (np.ascontiguousarray(data.reshape(panels, -1, 4 * PANEL_COLUMNS)),
             np.ascontiguousarray(scale_layout))
 
 
@@ -126,26 +126,29 @@ def _values(m: dict) -> np.ndarray:
     dtype, data, scales = m["format"], m["data"], m["scales"]
     panels = data.shape[0]
     if dtype == "int8":
-        q = data.reshape(panels, -1, QUANT_PANEL, 4).transpose(1, 3, 0, 2).astype(np.int16) - 128
+        q = data.reshape(panels, -1, PANEL_COLUMNS, 4).transpose(1, 3, 0, 2).astype(np.int16) - 128
     else:
-        columns = data.reshape(panels, -1, QUANT_PANEL, 4)
+        columns = data.reshape(panels, -1, PANEL_COLUMNS, 4)
         nibbles = np.stack([columns & 0x0F, columns >> 4], axis=-2)  # [panel, group, col, half, k]
         q = nibbles.transpose(1, 3, 4, 0, 2).astype(np.int16) - 8
-    q = q.reshape(-1, panels * QUANT_PANEL)
-    step = scales.astype(np.float32).transpose(1, 0, 2).reshape(-1, panels * QUANT_PANEL)
+    q = q.reshape(-1, panels * PANEL_COLUMNS)
+    step = scales.astype(np.float32).transpose(1, 0, 2).reshape(-1, panels * PANEL_COLUMNS)
     return q.astype(np.float32) * np.repeat(step, QUANT_BLOCK, axis=0)
 
 
+def _bf16_layout(w: np.ndarray) -> np.ndarray:
+    """bf16 bits of w[d_in, d_out] as [panels, ceil(d_in / 2), PANEL_COLUMNS, 2]."""
+    d_in, d_out = w.shape
+    rows, cols = _ceil_to(d_in, 2), _ceil_to(d_out, PANEL_COLUMNS)
+    padded = np.zeros((rows, cols), np.uint16)
+    padded[:d_in, :d_out] = float_to_bf16(w)
+    return np.ascontiguousarray(padded.reshape(rows // 2, 2, -1, PANEL_COLUMNS).transpose(2, 0, 3, 1))
+
+
 def pack_matrix(w: np.ndarray, dtype: str, reduce_axis: int) -> dict:
-    if dtype == "bf16":
-        if reduce_axis == 1:
-            return {"format": "bf16", "shape": tuple(w.shape), "data": float_to_bf16(w)}
-        rows, cols = w.shape
-        pairs = np.zeros((_ceil_to(rows, 2), cols), np.uint16)
-        pairs[:rows] = float_to_bf16(w)
-        data = np.ascontiguousarray(pairs.reshape(-1, 2, cols).transpose(0, 2, 1))
-        return {"format": "bf16", "shape": tuple(w.shape), "data": data}
     view = w if reduce_axis == 0 else w.T  # [d_in, d_out]
+    if dtype == "bf16":
+        return {"format": "bf16", "shape": tuple(w.shape), "data": _bf16_layout(view)}
     data, scales = _layout(*quantize(view, dtype), dtype)
     return {"format": dtype, "shape": tuple(w.shape), "data": data, "scales": scales}
 
@@ -154,15 +157,14 @@ def unpack_matrix(m, reduce_axis: int) -> np.ndarray:
     """The float32 values a (possibly packed) matrix stands for."""
     if not isinstance(m, dict):
         return m
-    if m["format"] == "bf16":
-        data = m["data"]
-        if reduce_axis == 1:
-            return bf16_to_float(data)
-        rows = data.transpose(0, 2, 1).reshape(-1, data.shape[1])  # the interleaved pairs, undone
-        return np.ascontiguousarray(bf16_to_float(rows[:m["shape"][0]]))
     rows, cols = m["shape"]
     d_in, d_out = (rows, cols) if reduce_axis == 0 else (cols, rows)
-    values = np.ascontiguousarray(_values(m)[:d_in, :d_out])
+    if m["format"] == "bf16":
+        data = m["data"]  # [panel, pair, column, k % 2] → [pair, k % 2, panel, column]
+        values = bf16_to_float(data.transpose(1, 3, 0, 2).reshape(-1, data.shape[0] * PANEL_COLUMNS))
+    else:
+        values = _values(m)
+    values = np.ascontiguousarray(values[:d_in, :d_out])
     return values if reduce_axis == 0 else np.ascontiguousarray(values.T)
 
 
