@@ -76,7 +76,7 @@ def test_quantized_blocks_bound_the_error(rows, cols, fmt, seed):
 @pytest.mark.parametrize("shape", [(768, 2304), (33, 17), (50, 1)])
 @pytest.mark.parametrize("axis", [0, 1])
 def test_quantized_layout_round_trips(fmt, shape, axis):
-    """The engine's layout (panels of 16 columns, groups of 4 / 8 values, nibbles) holds exactly
+    """The engine's layout (panels of 64 columns, groups of 4 / 8 values, nibbles) holds exactly
     the quantized values: unpack_matrix of pack_matrix equals q·scale computed directly."""
     w = np.random.default_rng(shape[0] + axis).standard_normal(shape).astype(np.float32)
     packed = pack_matrix(w, fmt, reduce_axis=axis)
@@ -85,6 +85,24 @@ def test_quantized_layout_round_trips(fmt, shape, axis):
     expected = q.astype(np.float32) * np.repeat(scales.astype(np.float32), QUANT_BLOCK, axis=0)[:view.shape[0]]
     np.testing.assert_array_equal(unpack_matrix(packed, reduce_axis=axis), expected if axis == 0 else expected.T)
     assert packed["shape"] == shape and packed["data"].dtype == np.uint8
+
+
+@pytest.mark.parametrize("shape", [(768, 2304), (33, 17), (50, 1), (7, 130)])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_bf16_layout_places_every_value(shape, axis):
+    """bf16 panels: w[k, j] (w seen as [d_in, d_out] reducing over d_in, wte transposed) at
+    data[j // 64, k // 2, j % 64, k % 2], zeros elsewhere; unpack_matrix gives back the rounded
+    values."""
+    w = np.random.default_rng(shape[0] + axis).standard_normal(shape).astype(np.float32)
+    packed = pack_matrix(w, "bf16", reduce_axis=axis)
+    view = w if axis == 0 else w.T
+    d_in, d_out = view.shape
+    data = packed["data"]
+    assert data.dtype == np.uint16 and data.shape == (-(-d_out // 64), -(-d_in // 2), 64, 2)
+    k, j = np.meshgrid(np.arange(d_in), np.arange(d_out), indexing="ij")
+    np.testing.assert_array_equal(data[j // 64, k // 2, j % 64, k % 2], float_to_bf16(view))
+    assert np.count_nonzero(data) == np.count_nonzero(float_to_bf16(view))
+    np.testing.assert_array_equal(unpack_matrix(packed, reduce_axis=axis), bf16_to_float(float_to_bf16(w)))
 
 
 def test_int4_scale_is_q4_0s_or_a_finer_one_of_less_error():
@@ -158,7 +176,8 @@ def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config, eve
 
 
 # (n_embd, n_head, n_vocab): GPT-2-like widths, widths whose matrices end in partial vectors
-# and partial quantization blocks (40 → blocks of 32 + 8; 3·40 = 120 columns = 7·16 + 8), and one
+# and partial quantization blocks (40 → blocks of 32 + 8; 3·40 = 120 columns = 7·16 + 8, a panel of
+# 64 and one of 56), and one
 # wide enough for threads to split matrices of several 128-row segments (192 → 2, 768 → 6).
 @pytest.mark.parametrize("shape", [(64, 4, 500), (40, 5, 77), (72, 6, 131), (192, 4, 300)])
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -213,16 +232,16 @@ def test_bad_packed_parameters():
     with pytest.raises(ValueError, match=r"'blocks\[0\]\.mlp\.c_fc\.w\.format' is 'int2'"):
         gpt2gen.forward([1], packed, 4)
     packed = pack_params(params, "int8")
-    packed["blocks"][0]["attn"]["c_proj"]["w"]["scales"] = np.ones((2, 1, 16), np.float64)
+    packed["blocks"][0]["attn"]["c_proj"]["w"]["scales"] = np.ones((1, 1, 64), np.float64)
     with pytest.raises(TypeError, match=r"'blocks\[0\]\.attn\.c_proj\.w\.scales' has dtype float64"):
         gpt2gen.forward([1], packed, 4)
     packed = pack_params(params, "int4")  # float16 scales: float32 ones are refused, not misread
-    packed["blocks"][0]["attn"]["c_proj"]["w"]["scales"] = np.ones((2, 1, 16), np.float32)
+    packed["blocks"][0]["attn"]["c_proj"]["w"]["scales"] = np.ones((1, 1, 64), np.float32)
     with pytest.raises(TypeError, match=r"c_proj\.w\.scales' has dtype float32 but .* float16"):
         gpt2gen.forward([1], packed, 4)
     packed = pack_params(params, "int8")
     packed["wte"]["scales"] = packed["wte"]["scales"][:, :0].copy()
-    with pytest.raises(ValueError, match=r"'wte\.scales' has shape \(7, 0, 16\), expected \(7, 1, 16\)"):
+    with pytest.raises(ValueError, match=r"'wte\.scales' has shape \(2, 0, 64\), expected \(2, 1, 64\)"):
         gpt2gen.forward([1], packed, 4)
     packed = pack_params(params, "int4")
     packed["blocks"][0]["mlp"]["c_fc"]["w"]["shape"] = (32, 100)
