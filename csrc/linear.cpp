@@ -362,21 +362,35 @@ struct VectorLinear {
     return {tiles_of_rows<Format, Rs + 1>(std::make_integer_sequence<int, kTileVecs>())...};
   }
 
-  // One panel of kTileVecs column vectors (bf16's stored panel on AVX-512), in passes of kPassRows
-  // rows of w, every kTileRows rows of x reusing the pass's rows of w from cache.
+  // The column vectors of a panel: bf16's stored panel (model.hpp), or one tile's for native
+  // weights.
+  template <typename Format>
+  static constexpr int kPanelVecs =
+      Format::kFormat == WeightFormat::bf16 ? kPanelColumns / W : kTileVecs;
+
+  // One panel, in passes of kPassRows rows of w; in each pass every tile of kTileRows rows of x
+  // and up to kTileVecs column vectors, reusing the pass's rows of w from cache. One row of x
+  // (decode) takes the whole panel in one tile: one sequential stream (narrower tiles would read
+  // it as strided ones).
   template <typename Format>
   static void panel(const float* x, int n, const LinearWeights<float>& lin, float* out, int index) {
     static constexpr auto kTiles = tile_table<Format>(std::make_integer_sequence<int, kTileRows>());
+    static constexpr auto kDecodeTiles =
+        tiles_of_rows<Format, 1>(std::make_integer_sequence<int, kPanelVecs<Format>>());
     const int nvec = (lin.d_out + W - 1) / W;
-    const int v = index * kTileVecs;
-    const int vecs = std::min(kTileVecs, nvec - v);
-    const int last = v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W;
+    const int v0 = index * kPanelVecs<Format>, v_end = std::min(nvec, v0 + kPanelVecs<Format>);
+    const int tile_vecs = n == 1 ? kPanelVecs<Format> : kTileVecs;
     for (int k0 = 0; k0 < lin.d_in; k0 += kPassRows) {
       const int k1 = std::min(lin.d_in, k0 + kPassRows);
-      for (int r = 0; r < n; r += kTileRows) {
-        const int rows = std::min(kTileRows, n - r);
-        kTiles[rows - 1][vecs - 1](x + size_t(r) * lin.d_in, lin.d_in, lin, v, k0, k1,
-                                   k1 == lin.d_in, out + size_t(r) * lin.d_out, lin.d_out, last);
+      for (int v = v0; v < v_end; v += tile_vecs) {
+        const int vecs = std::min(tile_vecs, v_end - v);
+        const int last = v + vecs == nvec ? lin.d_out - (nvec - 1) * W : W;
+        for (int r = 0; r < n; r += kTileRows) {
+          const int rows = std::min(kTileRows, n - r);
+          const TileFn tile = n == 1 ? kDecodeTiles[vecs - 1] : kTiles[rows - 1][vecs - 1];
+          tile(x + size_t(r) * lin.d_in, lin.d_in, lin, v, k0, k1, k1 == lin.d_in,
+               out + size_t(r) * lin.d_out, lin.d_out, last);
+        }
       }
     }
   }
@@ -391,7 +405,7 @@ struct VectorLinear {
     if (Format::kFormat == WeightFormat::native && n <= kStreamMaxRows)
       return stream<Format>(x, n, lin, out);
     const int nvec = (lin.d_out + W - 1) / W;
-    const int n_panels = (nvec + kTileVecs - 1) / kTileVecs;
+    const int n_panels = (nvec + kPanelVecs<Format> - 1) / kPanelVecs<Format>;
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
     for (int p = 0; p < n_panels; ++p) panel<Format>(x, n, lin, out, p);
   }

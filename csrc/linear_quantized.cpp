@@ -137,13 +137,15 @@ struct VectorQuantizedLinear {
     for (int p = 0; p < kPlanes; ++p) sums[p] = F32::isum(digit_sum[p]);
   }
 
-  // Tiles: n = 1, kDecodeVecs column vectors; n > 1, kTileRows rows × kTileVecs vectors (the
-  // integer sums of every plane, row and vector stay in registers).
+  // Tiles: n = 1, a whole panel (kDecodeVecs column vectors); n > 1, kTileRows rows × kTileVecs
+  // vectors. A tile's integer sums stay in registers: kSumRegisters of them per sweep over the
+  // weights (tile).
   template <typename Format>
-  static constexpr int kDecodeVecs = W == 16 ? 4 : 2;
+  static constexpr int kDecodeVecs = kPanelColumns / W;
+  static constexpr int kSumRegisters = W == 16 ? 24 : 12;
   static constexpr int kTileRows = 2;
   static constexpr int kTileVecs = W == 16 ? 4 : 1;
-  static constexpr int kPassBlocks = 8;  // blocks of w per pass over the row tiles (n > 1)
+  static constexpr int kPassBlocks = 8;  // blocks of w per pass (see linear)
 
   // Column vector v's four bytes per column of group g, and its scales of block b.
   template <typename Format>
@@ -162,60 +164,66 @@ struct VectorQuantizedLinear {
   // out[r0 + r, (v + p)·W + lane] for R rows and P column vectors, blocks [b0, b1): each block's
   // integer sums in registers, the running sums in out (the first block starts them); the last
   // column vector holds `last` columns of out. bias (may be null) is added after the last block.
-  // Not inlined: in its caller's loops GCC keeps fewer of the sums in registers (int4 decode
-  // ~15% slower, measured with the weights in L2).
+  // The planes' sums come from one sweep over the block's weights when they all fit in
+  // kSumRegisters, else from a sweep per plane (AVX2's whole-panel decode tile; the block's
+  // weights are then in L1). Not inlined: in its caller's loops GCC keeps fewer of the sums in
+  // registers (int4 decode ~15% slower, measured with the weights in L2).
   template <typename Format, int R, int P>
   [[gnu::noinline]] static void tile(const Activations& a, int r0, const QuantizedMatrix<Format>& m,
                                      int v, int b0, int b1, const float* bias, float* out, int ldo,
                                      int last) {
     constexpr int kQuads = Format::kGroup / 4;  // four-value quads per group
     constexpr int kGroupsPerBlock = kQuantBlock / Format::kGroup;
+    constexpr int kSweepPlanes = kPlanes * R * P <= kSumRegisters ? kPlanes : 1;
     const Mask tail = F32::mask(last);
     for (int b = b0; b < b1; ++b) {
       I acc[kPlanes][R][P];
       GPT2GEN_UNROLL
-      for (int pl = 0; pl < kPlanes; ++pl) {
+      for (int pl0 = 0; pl0 < kPlanes; pl0 += kSweepPlanes) {
         GPT2GEN_UNROLL
-        for (int r = 0; r < R; ++r) {
-          const I start = F32::iset1(-Format::kOffset *
-                                     a.digit_sums[(size_t(r0 + r) * a.blocks + b) * kPlanes + pl]);
+        for (int pl = pl0; pl < pl0 + kSweepPlanes; ++pl) {
           GPT2GEN_UNROLL
-          for (int p = 0; p < P; ++p) acc[pl][r][p] = start;
-        }
-      }
-      GPT2GEN_UNROLL
-      for (int gi = 0; gi < kGroupsPerBlock; ++gi) {
-        const int g = b * kGroupsPerBlock + gi;
-        I xq[kQuads][kPlanes][R];  // four digits of each quad, broadcast
-        GPT2GEN_UNROLL
-        for (int qd = 0; qd < kQuads; ++qd) {
-          GPT2GEN_UNROLL
-          for (int pl = 0; pl < kPlanes; ++pl) {
+          for (int r = 0; r < R; ++r) {
+            const I start = F32::iset1(
+                -Format::kOffset * a.digit_sums[(size_t(r0 + r) * a.blocks + b) * kPlanes + pl]);
             GPT2GEN_UNROLL
-            for (int r = 0; r < R; ++r) {
-              int32_t four;
-              std::memcpy(&four, a.plane(r0 + r, pl) + g * Format::kGroup + qd * 4, 4);
-              xq[qd][pl][r] = F32::iset1(four);
-            }
+            for (int p = 0; p < P; ++p) acc[pl][r][p] = start;
           }
         }
         GPT2GEN_UNROLL
-        for (int p = 0; p < P; ++p) {
-          const I bytes = F32::iload(weights(m, v + p, g));
-          I wq[kQuads];
-          if constexpr (kQuads == 1) {
-            wq[0] = bytes;
-          } else {
-            wq[0] = F32::low_nibbles(bytes);
-            wq[1] = F32::high_nibbles(bytes);
-          }
+        for (int gi = 0; gi < kGroupsPerBlock; ++gi) {
+          const int g = b * kGroupsPerBlock + gi;
+          I xq[kQuads][kSweepPlanes][R];  // four digits of each quad, broadcast
           GPT2GEN_UNROLL
           for (int qd = 0; qd < kQuads; ++qd) {
             GPT2GEN_UNROLL
-            for (int pl = 0; pl < kPlanes; ++pl) {
+            for (int i = 0; i < kSweepPlanes; ++i) {
               GPT2GEN_UNROLL
-              for (int r = 0; r < R; ++r)
-                acc[pl][r][p] = F32::dot_bytes(acc[pl][r][p], wq[qd], xq[qd][pl][r]);
+              for (int r = 0; r < R; ++r) {
+                int32_t four;
+                std::memcpy(&four, a.plane(r0 + r, pl0 + i) + g * Format::kGroup + qd * 4, 4);
+                xq[qd][i][r] = F32::iset1(four);
+              }
+            }
+          }
+          GPT2GEN_UNROLL
+          for (int p = 0; p < P; ++p) {
+            const I bytes = F32::iload(weights(m, v + p, g));
+            I wq[kQuads];
+            if constexpr (kQuads == 1) {
+              wq[0] = bytes;
+            } else {
+              wq[0] = F32::low_nibbles(bytes);
+              wq[1] = F32::high_nibbles(bytes);
+            }
+            GPT2GEN_UNROLL
+            for (int qd = 0; qd < kQuads; ++qd) {
+              GPT2GEN_UNROLL
+              for (int i = 0; i < kSweepPlanes; ++i) {
+                GPT2GEN_UNROLL
+                for (int r = 0; r < R; ++r)
+                  acc[pl0 + i][r][p] = F32::dot_bytes(acc[pl0 + i][r][p], wq[qd], xq[qd][i][r]);
+              }
             }
           }
         }
@@ -252,36 +260,30 @@ struct VectorQuantizedLinear {
     const int nvec = (lin.d_out + W - 1) / W;
     const int tail = lin.d_out - (nvec - 1) * W;
     auto last_of = [&](int v, int vecs) { return v + vecs == nvec ? tail : W; };
-    if (n == 1) {  // each thread takes whole panels: contiguous memory
-      constexpr int kPanelVecs = kPanelColumns / W;
-      const int panels = (nvec + kPanelVecs - 1) / kPanelVecs;
-#pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
-      {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int v1 = std::min(nvec, int(int64_t(panels) * (t + 1) / nt) * kPanelVecs);
-        for (int v = int(int64_t(panels) * t / nt) * kPanelVecs; v < v1;) {
-          const int vecs = std::min(kDecodeVecs<Format>, v1 - v);
-          panel_columns<Format, 1>(vecs, a, 0, m, v, 0, m.blocks, lin.b, out, lin.d_out,
-                                   last_of(v, vecs));
-          v += vecs;
-        }
-      }
-      return;
-    }
-    const int n_panels = (nvec + kTileVecs - 1) / kTileVecs;
-#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_panels > 1)
-    for (int pi = 0; pi < n_panels; ++pi) {
-      const int v = pi * kTileVecs, vecs = std::min(kTileVecs, nvec - v);
-      for (int b0 = 0; b0 < m.blocks; b0 += kPassBlocks) {
-        const int b1 = std::min(m.blocks, b0 + kPassBlocks);
-        for (int r = 0; r < n; r += kTileRows) {
-          float* rows = out + size_t(r) * lin.d_out;
-          if (n - r >= kTileRows)
-            panel_columns<Format, kTileRows>(vecs, a, r, m, v, b0, b1, lin.b, rows, lin.d_out,
-                                             last_of(v, vecs));
-          else
-            panel_columns<Format, 1>(vecs, a, r, m, v, b0, b1, lin.b, rows, lin.d_out,
-                                     last_of(v, vecs));
+    // Threads take whole panels (contiguous memory). A tile as wide as its panel reads it as
+    // one sequential stream; narrower tiles (AVX2) cover the panel in passes of kPassBlocks
+    // blocks, so that it is still read a window at a time (the tiles one after another over the
+    // whole panel would make strided streams: 2× slower, measured); prefill's passes reuse each
+    // window from cache for every tile of rows.
+    constexpr int kPanelVecs = kPanelColumns / W;
+    const int panels = (nvec + kPanelVecs - 1) / kPanelVecs;
+    const int tile_vecs = n == 1 ? kDecodeVecs<Format> : kTileVecs;
+    const int pass_blocks = n == 1 && tile_vecs == kPanelVecs ? m.blocks : kPassBlocks;
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (panels > 1)
+    for (int pi = 0; pi < panels; ++pi) {
+      const int v_end = std::min(nvec, (pi + 1) * kPanelVecs);
+      for (int b0 = 0; b0 < m.blocks; b0 += pass_blocks) {
+        const int b1 = std::min(m.blocks, b0 + pass_blocks);
+        for (int v = pi * kPanelVecs; v < v_end; v += tile_vecs) {
+          const int vecs = std::min(tile_vecs, v_end - v), last = last_of(v, vecs);
+          for (int r = 0; r < n; r += kTileRows) {
+            float* rows = out + size_t(r) * lin.d_out;
+            if (n - r >= kTileRows)
+              panel_columns<Format, kTileRows>(vecs, a, r, m, v, b0, b1, lin.b, rows, lin.d_out,
+                                               last);
+            else
+              panel_columns<Format, 1>(vecs, a, r, m, v, b0, b1, lin.b, rows, lin.d_out, last);
+          }
         }
       }
     }
