@@ -6,9 +6,9 @@
 // widening loads; bf16 rows come in interleaved pairs, two rows per load); activations and every
 // accumulation stay float32 (no vdpbf16ps: it would round the activations). Native weights are
 // read in GPT-2's row layout (row streaming below for a few rows, register tiles for more); bf16
-// ones in their panels (model.hpp), by register tiles of one panel for any row count. Order of every output
-// element (one instruction set; the same for every row count, tiling and thread count): the rows of
-// w in segments of kSegmentRows; per segment s:
+// ones in their panels (model.hpp), by register tiles of one panel for any row count. Order of
+// every output element (one instruction set; the same for every row count, tiling and thread
+// count): the rows of w in segments of kSegmentRows; per segment s:
 //   p_s = 0; p_s = fma(x[k], w[k, j], p_s) for k in the segment in order;
 //   out = ((p_0 + p_1) + …) + b[j].
 // The segments let threads split a decode step over contiguous rows of w (each thread streams one
@@ -219,7 +219,7 @@ struct VectorLinear {
     const size_t segment_stride = size_t(n) * lin.d_out;
     float* parts = segment_partials(n_segments * segment_stride);
     const Matrix<typename Format::Storage> w{stored_values<Format>(lin.w, lin.packed), lin.d_in,
-                                              lin.d_out};
+                                             lin.d_out};
 #pragma omp parallel num_threads(num_threads()) if (nvec >= 8)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();

@@ -80,7 +80,7 @@ struct Weights {
   int n_vocab = 0, n_ctx = 0, n_embd = 0, n_head = 0;
   KVFormat kv_format = KVFormat::native;  // chosen with the model, for every cache it fills
   const T* wte = nullptr;                 // [n_vocab, n_embd], also the output projection (tied)
-  Packed wte_packed{};  // when packed (wte is null): as the matrix wteᵀ [n_embd, n_vocab]
+  Packed wte_packed{};     // when packed (wte is null): as the matrix wteᵀ [n_embd, n_vocab]
   const T* wpe = nullptr;  // [n_ctx, n_embd]
   std::vector<BlockWeights<T>> blocks;
   LayerNormWeights<T> ln_f{};

@@ -91,8 +91,8 @@ struct VectorUnembed {
             tile<R, NV>(xr, wte + size_t(v) * d, d, o + v, n_vocab);
           else
             for (int rr = 0; rr < tile_rows; ++rr)
-              tile<1, NV>(xr + size_t(rr) * d, wte + size_t(v) * d, d,
-                          o + size_t(rr) * n_vocab + v, n_vocab);
+              tile<1, NV>(xr + size_t(rr) * d, wte + size_t(v) * d, d, o + size_t(rr) * n_vocab + v,
+                          n_vocab);
         }
         for (; v < p1; ++v)
           for (int rr = 0; rr < tile_rows; ++rr)

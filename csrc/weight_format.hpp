@@ -129,9 +129,8 @@ struct QuantizedMatrix {
 
 // The index of w[k, j] among bf16's stored values of a matrix with d_in rows (model.hpp's panels).
 inline size_t bf16_index(int k, int j, int d_in) {
-  return ((size_t(j / kPanelColumns) * ((d_in + 1) / 2) + k / 2) * kPanelColumns +
-          j % kPanelColumns) * 2 +
-         k % 2;
+  const size_t pair = size_t(j / kPanelColumns) * ((d_in + 1) / 2) + k / 2;  // of the panel's rows
+  return (pair * kPanelColumns + j % kPanelColumns) * 2 + k % 2;
 }
 
 // The index of w[k, j] among the stored values of a linear's matrix w[d_in, d_out] in an

@@ -333,7 +333,8 @@ struct PackedMatrix {
         float largest = 0;  // the value of largest magnitude
         for (int k = k0; k < k1; ++k)
           if (std::abs(at(k, j)) > std::abs(largest)) largest = at(k, j);
-        const size_t si = (size_t(j / kPanelColumns) * blocks + b) * kPanelColumns + j % kPanelColumns;
+        const size_t si =
+            (size_t(j / kPanelColumns) * blocks + b) * kPanelColumns + j % kPanelColumns;
         float step;
         if (int8) {
           step = scales[si] = std::abs(largest) / 127.0f;
@@ -346,8 +347,9 @@ struct PackedMatrix {
           const float v = step != 0 ? std::nearbyint(at(k, j) / step) : 0.0f;
           const int q = int(std::max(int8 ? -127.0f : -8.0f, std::min(int8 ? 127.0f : 7.0f, v)));
           values[size_t(k) * d_out + j] = float(q) * step;
-          uint8_t& byte = data[(size_t(j / kPanelColumns) * groups + k / group) * 4 * kPanelColumns +
-                               (j % kPanelColumns) * 4 + k % 4];
+          uint8_t& byte =
+              data[(size_t(j / kPanelColumns) * groups + k / group) * 4 * kPanelColumns +
+                   (j % kPanelColumns) * 4 + k % 4];
           if (int8)
             byte = uint8_t(q + 128);
           else if (k % 8 < 4)
@@ -357,12 +359,11 @@ struct PackedMatrix {
         }
       }
   }
-  // Element [i, j] as w[k, c] reducing over k: [c / kPanelColumns][k / 2][c % kPanelColumns][k % 2].
+  // Element [i, j] as w[k, c] reducing over k, at [c / panel][k / 2][c % panel][k % 2].
   size_t bf16_index(int i, int j) const {
     const int k = reduce_rows ? i : j, c = reduce_rows ? j : i, d_in = reduce_rows ? rows : cols;
-    return ((size_t(c / kPanelColumns) * ((d_in + 1) / 2) + k / 2) * kPanelColumns +
-            c % kPanelColumns) * 2 +
-           k % 2;
+    const size_t pair = size_t(c / kPanelColumns) * ((d_in + 1) / 2) + k / 2;
+    return (pair * kPanelColumns + c % kPanelColumns) * 2 + k % 2;
   }
   Packed packed() const {
     if (format == WeightFormat::bf16) return {format, bf16.data(), nullptr};
