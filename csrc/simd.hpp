@@ -135,6 +135,10 @@ struct Vec<float> {
 
   // Into L1, ahead of a stream the hardware prefetchers do not keep up with.
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  // Into L2, far ahead of a stream read slowly (much arithmetic per byte).
+  static void prefetch_far(const void* p) {
+    _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
+  }
 
   // --- integer dot products of the quantized formats (linear_quantized.cpp) ---------------------
   // I holds W 32-bit lanes; a lane of weight bytes is four values of k of one column.
@@ -277,6 +281,9 @@ struct Vec<float> {
   }
 
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  static void prefetch_far(const void* p) {
+    _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
+  }
 
   // --- integer dot products of the quantized formats, as in the AVX-512 Vec -------------------
   using I = __m256i;
