@@ -159,11 +159,7 @@ struct VectorQuantizedLinear {
   }
   template <typename Format>
   static V scales(const QuantizedMatrix<Format>& m, int v, int b) {
-    const size_t i = m.scale_index(b, v * W);
-    if constexpr (Format::kFormat == WeightFormat::int4)
-      return F32::load_half(static_cast<const uint16_t*>(m.scales) + i);
-    else
-      return F32::load(static_cast<const float*>(m.scales) + i);
+    return F32::load_half(static_cast<const uint16_t*>(m.scales) + m.scale_index(b, v * W));
   }
 
   // out[r0 + r, (v + p)·W + lane] for R rows and P column vectors, blocks [b0, b1): each block's

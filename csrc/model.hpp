@@ -18,7 +18,7 @@ struct LayerNormWeights {
 enum class WeightFormat : uint8_t {
   native,  // the parameters' dtype, read in place
   bf16,    // uint16: the high half of each float32, rounded to nearest even, in panels (below)
-  int8,    // quantized (below): q in [-127, 127] stored as the byte q + 128, float32 scales
+  int8,    // quantized (below): q in [-127, 127] stored as the byte q + 128, float16 scales
   int4,    // quantized (below): q in [-8, 7] stored as the nibble q + 8, float16 scales
 };
 
@@ -36,7 +36,7 @@ enum class WeightFormat : uint8_t {
 //     data   [panels][d_in_padded / kGroup][kPanelColumns][4] bytes, where a column's four bytes
 //            hold k = 4g .. 4g + 3 (int8, kGroup = 4), or k = 8g .. 8g + 3 in their low nibbles
 //            and k = 8g + 4 .. 8g + 7 in their high nibbles (int4, kGroup = 8);
-//     scales [panels][d_in_padded / kQuantBlock][kPanelColumns], float32 (int8) or float16 (int4).
+//     scales [panels][d_in_padded / kQuantBlock][kPanelColumns], float16.
 //     Padded columns and rows hold q = 0 and scale 0.
 constexpr int kQuantBlock = 32;
 constexpr int kPanelColumns = 64;
@@ -44,7 +44,7 @@ constexpr int kPanelColumns = 64;
 struct Packed {
   WeightFormat format = WeightFormat::native;
   const void* data = nullptr;    // bf16: uint16 (above); int8 / int4: bytes, above
-  const void* scales = nullptr;  // int8: float32; int4: float16 (as uint16)
+  const void* scales = nullptr;  // int8, int4: float16 (as uint16)
 };
 
 // y = x·w + b with GPT-2's layout w[d_in, d_out] (w is null when the matrix is packed; b may be

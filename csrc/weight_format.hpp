@@ -50,7 +50,7 @@ struct Bf16Format {
   }
 };
 
-// float16 bits → float32, exactly (the int4 scales).
+// float16 bits → float32, exactly (the quantized formats' scales).
 inline float half_to_float(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1Fu,
                  mantissa = h & 0x3FFu;
@@ -77,7 +77,9 @@ struct Int8Format {
   static constexpr int kGroup = 4;
   static constexpr int kOffset = 128;
   static int q(const uint8_t* bytes, int i) { return int(bytes[i]) - kOffset; }
-  static float scale(const void* scales, size_t i) { return static_cast<const float*>(scales)[i]; }
+  static float scale(const void* scales, size_t i) {
+    return half_to_float(static_cast<const uint16_t*>(scales)[i]);
+  }
 };
 
 struct Int4Format {

@@ -45,12 +45,13 @@ def test_quantized_blocks_bound_the_error(rows, cols, fmt, seed):
     q, scales = quantize(w, fmt)
     blocks = -(-rows // QUANT_BLOCK)
     assert q.shape == w.shape and q.dtype == np.int8 and scales.shape == (blocks, cols)
-    assert scales.dtype == (np.float32 if fmt == "int8" else np.float16)
+    assert scales.dtype == np.float16
     step = np.repeat(np.abs(scales.astype(np.float32)), QUANT_BLOCK, axis=0)[:rows]
     values = q.astype(np.float32) * np.repeat(scales.astype(np.float32), QUANT_BLOCK, axis=0)[:rows]
     if fmt == "int8":
         # Half a step, plus float32 rounding: q·scale is rounded to the nearest float32, and
-        # w / scale, rounded too, can land a value a hair past the midpoint on either side.
+        # w / scale, rounded too, can land a value a hair past the midpoint on either side. The
+        # float16 step is max|w| / 127 rounded, so max|w| / step ≤ 127·(1 + 2^-11) rounds to 127.
         bound = step / 2 * (1 + 1e-6) + 2 * np.spacing(np.abs(w))
         assert np.all(np.abs(values - w) <= bound)
     else:
@@ -103,6 +104,17 @@ def test_bf16_layout_places_every_value(shape, axis):
     np.testing.assert_array_equal(data[j // 64, k // 2, j % 64, k % 2], float_to_bf16(view))
     assert np.count_nonzero(data) == np.count_nonzero(float_to_bf16(view))
     np.testing.assert_array_equal(unpack_matrix(packed, reduce_axis=axis), bf16_to_float(float_to_bf16(w)))
+
+
+@pytest.mark.parametrize("fmt", QUANTIZED)
+def test_weights_beyond_float16_scales_are_refused(fmt):
+    w = np.ones((32, 3), np.float32)
+    w[5, 1] = 1e9 if fmt == "int8" else 1e6  # a scale of ~7.9e6 / 1.25e5: beyond float16's 65504
+    with pytest.raises(ValueError, match=f"do not fit {fmt}'s float16 block scales"):
+        quantize(w, fmt)
+    w[5, 1] = np.inf
+    with pytest.raises(ValueError, match="float16 block scales"):
+        pack_matrix(w, fmt, reduce_axis=0)
 
 
 def test_int4_scale_is_q4_0s_or_a_finer_one_of_less_error():

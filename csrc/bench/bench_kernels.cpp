@@ -300,9 +300,8 @@ struct PackedMatrix {
   bool reduce_rows;
   std::vector<uint16_t> bf16;
   std::vector<uint8_t> data;
-  std::vector<float> scales;          // int8
-  std::vector<uint16_t> half_scales;  // int4
-  std::vector<float> values;          // quantized: [d_in, d_out]
+  std::vector<uint16_t> scales;  // float16
+  std::vector<float> values;     // quantized: [d_in, d_out]
 
   PackedMatrix(const std::vector<float>& w, int rows, int cols, WeightFormat format,
                bool reduce_rows)
@@ -319,10 +318,7 @@ struct PackedMatrix {
     const int blocks = (d_in + kQuantBlock - 1) / kQuantBlock, group = int8 ? 4 : 8;
     const size_t groups = size_t(blocks) * kQuantBlock / group;
     data.assign(size_t(panels) * groups * 4 * kPanelColumns, int8 ? 128 : 0x88);  // q = 0
-    if (int8)
-      scales.assign(size_t(panels) * blocks * kPanelColumns, 0.0f);
-    else
-      half_scales.assign(size_t(panels) * blocks * kPanelColumns, 0);
+    scales.assign(size_t(panels) * blocks * kPanelColumns, 0);
     values.assign(size_t(d_in) * d_out, 0.0f);
     auto at = [&](int k, int j) {
       return reduce_rows ? w[size_t(k) * cols + j] : w[size_t(j) * cols + k];
@@ -335,14 +331,9 @@ struct PackedMatrix {
           if (std::abs(at(k, j)) > std::abs(largest)) largest = at(k, j);
         const size_t si =
             (size_t(j / kPanelColumns) * blocks + b) * kPanelColumns + j % kPanelColumns;
-        float step;
-        if (int8) {
-          step = scales[si] = std::abs(largest) / 127.0f;
-        } else {
-          const _Float16 h = _Float16(largest / -8.0f);
-          std::memcpy(&half_scales[si], &h, 2);
-          step = float(h);
-        }
+        const _Float16 h = _Float16(int8 ? std::abs(largest) / 127.0f : largest / -8.0f);
+        std::memcpy(&scales[si], &h, 2);
+        const float step = float(h);
         for (int k = k0; k < k1; ++k) {
           const float v = step != 0 ? std::nearbyint(at(k, j) / step) : 0.0f;
           const int q = int(std::max(int8 ? -127.0f : -8.0f, std::min(int8 ? 127.0f : 7.0f, v)));
@@ -367,16 +358,13 @@ struct PackedMatrix {
   }
   Packed packed() const {
     if (format == WeightFormat::bf16) return {format, bf16.data(), nullptr};
-    if (format == WeightFormat::int8) return {format, data.data(), scales.data()};
-    return {format, data.data(), half_scales.data()};
+    return {format, data.data(), scales.data()};
   }
   double value(int i, int j) const {
     if (format == WeightFormat::bf16) return from_bf16(bf16[bf16_index(i, j)]);
     return reduce_rows ? values[size_t(i) * cols + j] : values[size_t(j) * rows + i];
   }
-  double bytes() const {
-    return 2.0 * bf16.size() + double(data.size()) + 4.0 * scales.size() + 2.0 * half_scales.size();
-  }
+  double bytes() const { return 2.0 * bf16.size() + double(data.size()) + 2.0 * scales.size(); }
 };
 
 const char* format_name(WeightFormat f) {

@@ -69,7 +69,7 @@ class ParamReader {
 
   // node[key] as a matrix [rows, cols]: an array of the parameters' dtype, or a packed dict made
   // by gpt2gen.pack_params, {"format": ..., "shape": (rows, cols), "data": ...} in model.hpp's
-  // layout: bf16, uint16 data; int8 and int4, uint8 data and float32 / float16 "scales". The
+  // layout: bf16, uint16 data; int8 and int4, uint8 data and float16 "scales". The
   // product reduces over the rows (a linear's w) or, with reduce_rows false, the columns (wte,
   // stored as wteᵀ).
   const T* matrix(py::handle node, const char* key, const std::string& path, py::ssize_t rows,
@@ -104,11 +104,8 @@ class ParamReader {
     packed.format = int8 ? WeightFormat::int8 : WeightFormat::int4;
     packed.data = typed_array<uint8_t>(m, "data", p, {panels, groups, 4 * kPanelColumns},
                                        rule + ", whose data is uint8");
-    packed.scales =
-        int8 ? static_cast<const void*>(typed_array<float>(m, "scales", p, scales_shape,
-                                                           rule + ", whose scales are float32"))
-             : typed_array<uint16_t>(m, "scales", p, scales_shape,
-                                     rule + ", whose scales are float16", py::dtype("float16"));
+    packed.scales = typed_array<uint16_t>(
+        m, "scales", p, scales_shape, rule + ", whose scales are float16", py::dtype("float16"));
     return nullptr;
   }
 

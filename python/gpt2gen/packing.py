@@ -9,8 +9,9 @@ float32, and so do activations and accumulation. A packed matrix replaces its ar
 - ``{"format": "int8" | "int4", "shape": (rows, cols), "data": uint8[...], "scales": ...}``:
   symmetric quantization with one scale per block of ``QUANT_BLOCK`` values along the dimension
   the product reduces over (the rows of a ``W[in, out]``, the columns of ``wte``):
-  ``value = q · scale``. int8: ``q`` in [-127, 127], ``scale = max|w| / 127``, float32 scales
-  (8.5 bits a weight). int4: ``q`` in [-8, 7] with float16 scales (4.5 bits a weight), the scale
+  ``value = q · scale``, float16 scales (as llama.cpp's q8_0 and q4_0). int8: ``q`` in
+  [-127, 127], ``scale = max|w| / 127`` (8.5 bits a weight). int4: ``q`` in [-8, 7] (4.5 bits a
+  weight), the scale
   of least squared error among llama.cpp's q4_0 rule (the block's largest magnitude maps to -8)
   and a few smaller steps; ``pack_params(..., "int4")`` keeps the tied ``wte`` in int8.
 
@@ -56,17 +57,22 @@ def _ceil_to(n: int, multiple: int) -> int:
 
 def quantize(w: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """(q, scales) of w[d_in, d_out] in blocks of QUANT_BLOCK rows: int8 (q in [-127, 127]) or
-    int4 (q in [-8, 7]); scales [ceil(d_in / QUANT_BLOCK), d_out], as float32 / float16."""
+    int4 (q in [-8, 7]); scales [ceil(d_in / QUANT_BLOCK), d_out], float16. q is rounded with the
+    float16 scale, so that q·scale is the value the engine uses."""
     w = np.asarray(w, dtype=np.float32)
     d_in, d_out = w.shape
     padded = np.zeros((_ceil_to(d_in, QUANT_BLOCK), d_out), np.float32)
     padded[:d_in] = w
     blocks = padded.reshape(-1, QUANT_BLOCK, d_out)
-    if dtype == "int8":
-        scales = np.abs(blocks).max(axis=1) / 127
-        q = _round(blocks, scales, -127, 127)
-    else:
-        scales, q = _int4_scales(blocks)
+    with np.errstate(over="ignore", invalid="ignore"):  # an infinite scale is refused below
+        if dtype == "int8":
+            scales = (np.abs(blocks).max(axis=1) / 127).astype(np.float16)
+            q = _round(blocks, scales, -127, 127)
+        else:
+            scales, q = _int4_scales(blocks)
+    if np.isinf(scales).any():
+        largest = 65504 * (127 if dtype == "int8" else 8)
+        raise ValueError(f"weights beyond ±{largest:.4g} (or infinite) do not fit {dtype}'s float16 block scales")
     return q.astype(np.int8).reshape(padded.shape)[:d_in], scales
 
 
