@@ -107,6 +107,24 @@ def test_plain_lines_in_input_order_each_equal_to_generate(tmp_path, model_dir, 
         assert {k: line[k] for k in OUTPUT_FIELDS} == expected
 
 
+def test_packed_weights_and_a_bf16_cache_as_the_same_model_would(tmp_path, model_dir, model, capsys):
+    records = plain_requests()
+    src = write_lines(tmp_path / "in.jsonl", records)
+    args = ["--model", model_dir, "--input", src, "--max-tokens", 8, "--seed", 3]
+    code, err = run_batch(capsys, *args, "--output", tmp_path / "out.jsonl", "--dtype", "int8",
+                          "--kv-cache-dtype", "bf16")
+    assert code == 0, err
+    packed = GPT2.from_pretrained(model_dir, dtype="int8", kv_cache_dtype="bf16")
+    defaults = {"max_tokens": 8, "seed": 3}
+    out = read_lines(tmp_path / "out.jsonl")
+    expected = [expected_generation(packed, r["prompt"], r.get("sampling_params"), defaults)
+                for r in records]
+    assert [{k: line[k] for k in OUTPUT_FIELDS} for line in out] == expected
+    float32 = [expected_generation(model, r["prompt"], r.get("sampling_params"), defaults)
+               for r in records]
+    assert expected != float32  # the options reached the model: its log-probabilities differ
+
+
 def openai_line(custom_id, body, url="/v1/completions", method="POST"):
     return {"custom_id": custom_id, "method": method, "url": url, "body": body}
 

@@ -160,6 +160,7 @@ def test_predictor_maps_the_weights_read_only(model_dir):
         (dict(num_threads=1.5), "num_threads must be an int"),
         (dict(max_concurrent_batches=0), "max_concurrent_batches must be >= 1"),
         (dict(dtype="fp16"), "dtype must be one of float32, bf16, int8"),
+        (dict(kv_cache_dtype="fp16"), "kv_cache_dtype must be 'float32' or 'bf16'"),
         (dict(task="embed"), "task must be one of generate, score"),
         (dict(sampling_params={"max_token": 3}), "unknown parameter 'max_token'"),
         (dict(task="score", sampling_params={"max_tokens": 3}), "do not apply to task='score'"),

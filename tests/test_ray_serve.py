@@ -74,6 +74,7 @@ DEPLOY_SECONDS = 300  # a replica starts in seconds, but the machine is shared
         ),
         ({"model_source": "m", "num_threads": 0}, "num_threads must be an int >= 1"),
         ({"model_source": "m", "dtype": "fp16"}, "dtype must be one of"),
+        ({"model_source": "m", "kv_cache_dtype": "fp16"}, "kv_cache_dtype must be 'float32' or"),
         ({"model_source": "m", "allow_pickle": "maybe"}, "allow_pickle must be true or false"),
         ({"model_source": "m", "max_batch": "0"}, "max_batch must be an int >= 1"),
         ({"model_source": "m", "chat_template": "nope"}, "unknown chat template"),

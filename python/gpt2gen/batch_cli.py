@@ -93,6 +93,13 @@ def parse_args(argv):
         help="weights as stored (float32, default) or packed once to bf16 / int8 / int4",
     )
     p.add_argument(
+        "--kv-cache-dtype",
+        choices=["float32", "bf16"],
+        default="float32",
+        help="keys and values as computed (float32, default) or rounded to bf16 (half the "
+        "cache's memory, float32 weights)",
+    )
+    p.add_argument(
         "--models-dir", help="where downloaded models are kept (default: the Hugging Face cache)"
     )
     p.add_argument(
@@ -165,7 +172,11 @@ def run_in_process(args, rows: list) -> Iterator[tuple[int, dict]]:
     if args.threads is not None:
         gpt2gen.set_num_threads(args.threads)
     model = gpt2gen.GPT2.from_pretrained(
-        args.model, args.models_dir, dtype=args.dtype, max_batch=args.batch_size
+        args.model,
+        args.models_dir,
+        dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
+        max_batch=args.batch_size,
     )
     runner = RowRunner(
         model, default_sampling_params(args), task="score" if args.score else "generate"
@@ -215,6 +226,7 @@ def run_on_ray(args, rows: list) -> Iterator[tuple[int, dict]]:
         concurrency=args.concurrency or 1,
         num_threads=args.threads or 1,
         dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
         sampling_params=default_sampling_params(args),
         task="score" if args.score else "generate",
         models_dir=args.models_dir,

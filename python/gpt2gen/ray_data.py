@@ -34,6 +34,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         f'gpt2gen.ray_data needs Ray Data: pip install "gpt2gen[ray]" ({error})'
     ) from error
 
+from . import _core
 from .batch_rows import RowRunner, check_job
 from .packing import FORMATS
 
@@ -78,7 +79,9 @@ class ProcessorConfig:
       rows join the running batch as the first batch's rows finish (continuous batching), so it
       stays full.
     - ``num_threads``: engine threads per actor; each actor reserves that many CPUs.
-    - ``dtype``: ``float32`` (mapped from the file), ``bf16`` or ``int8`` (packed per actor).
+    - ``dtype``: ``float32`` (mapped from the file), ``bf16``, ``int8`` or ``int4`` (packed per
+      actor).
+    - ``kv_cache_dtype``: ``float32`` (keys and values as computed) or ``bf16`` (half the cache).
     - ``sampling_params``: every row's defaults, OpenAI's names (a row's own override them).
     - ``task``: ``generate``, or ``score`` (the prompt's per-token log-probabilities).
     - ``fail_fast``: a failing row fails the job, instead of filling that row's ``error``.
@@ -90,6 +93,7 @@ class ProcessorConfig:
     max_concurrent_batches: int = 2
     num_threads: int = 1
     dtype: str = "float32"
+    kv_cache_dtype: str = "float32"
     sampling_params: dict = field(default_factory=dict)
     task: str = "generate"
     fail_fast: bool = False
@@ -119,6 +123,7 @@ class ProcessorConfig:
             _positive_int("concurrency", self.concurrency)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        _core.check_kv_cache_dtype(self.kv_cache_dtype)
         if not isinstance(self.fail_fast, bool):
             raise TypeError(f"fail_fast must be True or False, got {self.fail_fast!r}")
         check_job(
@@ -136,7 +141,11 @@ class GPT2Predictor:
 
         gpt2gen.set_num_threads(config.num_threads)
         self.model = gpt2gen.GPT2.from_pretrained(
-            config.model_source, config.models_dir, dtype=config.dtype, max_batch=config.batch_size
+            config.model_source,
+            config.models_dir,
+            dtype=config.dtype,
+            kv_cache_dtype=config.kv_cache_dtype,
+            max_batch=config.batch_size,
         )
         self.runner = RowRunner(
             self.model, config.sampling_params, task=config.task, fail_fast=config.fail_fast

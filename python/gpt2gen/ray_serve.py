@@ -40,6 +40,7 @@ if tuple(int(part) for part in ray.__version__.split(".")[:2]) < (2, 47):
         f'pip install -U "gpt2gen[ray]"'
     )
 
+from . import _core  # noqa: E402
 from .packing import FORMATS  # noqa: E402
 from .server import ServerConfig, create_app  # noqa: E402 - after the checks, which name what is missing
 
@@ -60,6 +61,7 @@ class AppConfig:
     autoscaling_config: Optional[Mapping] = None  # Ray Serve's (min_replicas, max_replicas, ...)
     num_threads: int = 1  # engine threads per replica; each replica reserves this many CPUs
     dtype: str = "float32"
+    kv_cache_dtype: str = "float32"  # or "bf16": keys and values rounded, half the cache
     models_dir: Optional[str] = None  # where each node keeps downloaded models
     allow_pickle: bool = False  # pickled pytorch_model.bin can run code: trusted files only
     # requests a replica holds at once; the others wait in Ray's router for the first free replica
@@ -93,6 +95,7 @@ class AppConfig:
                 )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        _core.check_kv_cache_dtype(self.kv_cache_dtype)
         if self.models_dir is not None and not isinstance(self.models_dir, (str, os.PathLike)):
             raise TypeError(f"models_dir must be a directory, got {self.models_dir!r}")
         if not isinstance(self.allow_pickle, bool):
@@ -185,7 +188,11 @@ def replica_app(config: AppConfig):
 
     gpt2gen.set_num_threads(config.num_threads)
     model = gpt2gen.GPT2.from_pretrained(
-        config.model_source, config.models_dir, dtype=config.dtype, allow_pickle=config.allow_pickle
+        config.model_source,
+        config.models_dir,
+        dtype=config.dtype,
+        kv_cache_dtype=config.kv_cache_dtype,
+        allow_pickle=config.allow_pickle,
     )
     app = create_app(model, config.server)
     app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
