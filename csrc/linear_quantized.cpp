@@ -140,7 +140,6 @@ struct VectorQuantizedLinear {
   // Tiles: n = 1, a whole panel (kDecodeVecs column vectors); n > 1, kTileRows rows × kTileVecs
   // vectors. A tile's integer sums stay in registers: kSumRegisters of them per sweep over the
   // weights (tile).
-  template <typename Format>
   static constexpr int kDecodeVecs = kPanelColumns / W;
   static constexpr int kSumRegisters = W == 16 ? 24 : 12;
   static constexpr int kTileRows = 2;
@@ -269,7 +268,7 @@ struct VectorQuantizedLinear {
     // window from cache for every tile of rows.
     constexpr int kPanelVecs = kPanelColumns / W;
     const int panels = (nvec + kPanelVecs - 1) / kPanelVecs;
-    const int tile_vecs = n == 1 ? kDecodeVecs<Format> : kTileVecs;
+    const int tile_vecs = n == 1 ? kDecodeVecs : kTileVecs;
     const int pass_blocks = n == 1 && tile_vecs == kPanelVecs ? m.blocks : kPassBlocks;
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (panels > 1)
     for (int pi = 0; pi < panels; ++pi) {
@@ -297,7 +296,7 @@ struct VectorQuantizedLinear {
   static void panel_columns(int vecs, const Activations& a, int r0,
                             const QuantizedMatrix<Format>& m, int v, int b0, int b1,
                             const float* bias, float* out, int ldo, int last) {
-    dispatch_vecs<(R == 1 ? kDecodeVecs<Format> : kTileVecs)>(vecs, [&](auto vecs_c) {
+    dispatch_vecs<(R == 1 ? kDecodeVecs : kTileVecs)>(vecs, [&](auto vecs_c) {
       tile<Format, R, decltype(vecs_c)::value>(a, r0, m, v, b0, b1, bias ? bias + v * W : nullptr,
                                                out + size_t(v) * W, ldo, last);
     });
