@@ -13,7 +13,7 @@
 #                         packages raising ModuleNotFoundError), so the tests comparing against
 #                         them skip through importorskip.
 #
-# Which tests: all of tests/ except those marked `slow` or `service` (a real HTTP server, browser
+# Which tests: all of tests/ except those marked `service` (a real HTTP server, browser
 # or Ray cluster: third-party native code the sanitizers are not for, and minutes of run time;
 # the engine they drive is covered by the scheduler's own tests here). The tests needing torch/transformers are
 # kept by default because, measured here (2 cores), they are not slow under ASan: the whole suite
@@ -89,7 +89,7 @@ esac
 
 echo "== pytest under ASan+UBSan (log: $log)"
 set +e
-LD_PRELOAD="$asan $ubsan" python -m pytest -p no:cacheprovider -q -m "not slow and not service" \
+LD_PRELOAD="$asan $ubsan" python -m pytest -p no:cacheprovider -q -m "not service" \
   --durations=15 "$@" tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
