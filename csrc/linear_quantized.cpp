@@ -208,8 +208,9 @@ struct VectorQuantizedLinear {
           }
           GPT2GEN_UNROLL
           for (int p = 0; p < P; ++p) {
-            F32::prefetch_far(weights(m, v + p, g) + kPrefetchBytes);
-            const I bytes = F32::iload(weights(m, v + p, g));
+            const uint8_t* group = weights(m, v + p, g);
+            F32::prefetch_far(group + kPrefetchBytes);
+            const I bytes = F32::iload(group);
             I wq[kQuads];
             if constexpr (kQuads == 1) {
               wq[0] = bytes;
@@ -261,21 +262,19 @@ struct VectorQuantizedLinear {
     const int nvec = (lin.d_out + W - 1) / W;
     const int tail = lin.d_out - (nvec - 1) * W;
     auto last_of = [&](int v, int vecs) { return v + vecs == nvec ? tail : W; };
-    // Threads take whole panels (contiguous memory). A tile as wide as its panel reads it as
-    // one sequential stream; narrower tiles (AVX2) cover the panel in passes of kPassBlocks
-    // blocks, so that it is still read a window at a time (the tiles one after another over the
-    // whole panel would make strided streams: 2× slower, measured); prefill's passes reuse each
-    // window from cache for every tile of rows.
-    constexpr int kPanelVecs = kPanelColumns / W;
-    const int panels = (nvec + kPanelVecs - 1) / kPanelVecs;
+    // Threads take whole panels (contiguous memory). Decode's tile is the whole panel: one
+    // sequential stream. Prefill's narrower tiles cover the panel in passes of kPassBlocks
+    // blocks, a window at a time (the tiles one after another over the whole panel would make
+    // strided streams: 2× slower, measured), each window reused from cache by every tile of rows.
+    const int panels = (nvec + kDecodeVecs - 1) / kDecodeVecs;
     const int tile_vecs = n == 1 ? kDecodeVecs : kTileVecs;
-    const int pass_blocks = n == 1 && tile_vecs == kPanelVecs ? m.blocks : kPassBlocks;
+    const int pass_blocks = n == 1 ? m.blocks : kPassBlocks;
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (panels > 1)
     for (int pi = 0; pi < panels; ++pi) {
-      const int v_end = std::min(nvec, (pi + 1) * kPanelVecs);
+      const int v_end = std::min(nvec, (pi + 1) * kDecodeVecs);
       for (int b0 = 0; b0 < m.blocks; b0 += pass_blocks) {
         const int b1 = std::min(m.blocks, b0 + pass_blocks);
-        for (int v = pi * kPanelVecs; v < v_end; v += tile_vecs) {
+        for (int v = pi * kDecodeVecs; v < v_end; v += tile_vecs) {
           const int vecs = std::min(tile_vecs, v_end - v), last = last_of(v, vecs);
           for (int r = 0; r < n; r += kTileRows) {
             float* rows = out + size_t(r) * lin.d_out;
