@@ -88,11 +88,18 @@ else
       # -timeout: one input taking 10 s is a finding (a hang); -rss_limit_mb: so is 4 GiB of memory.
       if ! timeout --kill-after=30 $((atheris_seconds + 120)) python tests/test_fuzz.py "$target" "$corpus" \
           -max_total_time="$atheris_seconds" -timeout=10 -rss_limit_mb=4096 -seed="$seed" \
-          -artifact_prefix="$work/artifacts/$target-" -print_final_stats=1 2>&1 | tail -25; then
+          -artifact_prefix="$work/artifacts/$target-" -print_final_stats=1 >"$work/atheris-$target.log" 2>&1; then
+        tail -25 "$work/atheris-$target.log"
+        if grep -q "libFuzzer: run interrupted" "$work/atheris-$target.log"; then
+          # libFuzzer's handler for a SIGINT/SIGTERM sent from outside: no input is at fault.
+          echo "fuzz: FAILED: atheris $target was stopped by a signal from outside after $((SECONDS - start)) s"
+          exit 1
+        fi
         echo "fuzz: FAILED: atheris $target; the input that failed:"
         for f in "$work"/artifacts/"$target"-*; do [[ -e "$f" ]] && { echo "$f"; xxd "$f" | head -20; }; done
         exit 1
       fi
+      tail -8 "$work/atheris-$target.log"
     done
   fi
 fi
