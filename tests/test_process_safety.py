@@ -63,7 +63,10 @@ def test_a_forked_child_gets_a_fresh_scheduler(tmp_path):
 
 
 LONG_CALL = """
-    import time, json
+    import time, json, signal
+    # A child of a background job starts with SIGINT ignored (so Python would not raise
+    # KeyboardInterrupt); Ctrl-C at a terminal is what this test stands for.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     params = random_params(np.random.default_rng(0), n_layer=6, n_embd=256, n_head=4, n_vocab=2000,
                            n_ctx=1024)
     model = gpt2gen._core.Model(params, 4)
