@@ -1,4 +1,4 @@
-// y = x·w + b for the quantized formats (int8, int4; model.hpp's layout), with integer dot
+// y = x·w + b for the quantized formats (int8, int4, int6; model.hpp's layout), with integer dot
 // products: each block of kQuantBlock activations is written exactly enough as a fixed-point
 // integer X = x·2^e (|X| < 2^kBits, about 22 bits: the block's largest value keeps float32's
 // precision to a few units in the last place, smaller ones the same absolute precision), split
@@ -161,6 +161,37 @@ struct VectorQuantizedLinear {
     return F32::load_half(static_cast<const uint16_t*>(m.scales) + m.scale_index(b, v * W));
   }
 
+  // A column vector's group of weights (its first word at `group`) as kGroup / 4 vectors of
+  // four-value quads, q + kOffset as unsigned bytes; each word's bytes kPrefetchBytes ahead are
+  // asked for.
+  template <typename Format>
+  static void unpack(const uint8_t* group, I* wq) {
+    I word[Format::kWords];
+    GPT2GEN_UNROLL
+    for (int w = 0; w < Format::kWords; ++w) {
+      F32::prefetch_far(group + w * kWordStride + kPrefetchBytes);
+      word[w] = F32::iload(group + w * kWordStride);
+    }
+    if constexpr (Format::kFormat == WeightFormat::int8) {
+      wq[0] = word[0];
+    } else {
+      GPT2GEN_UNROLL
+      for (int w = 0; w < Format::kGroup / 8; ++w) {
+        wq[2 * w] = F32::low_nibbles(word[w]);
+        wq[2 * w + 1] = F32::high_nibbles(word[w]);
+      }
+    }
+    if constexpr (Format::kFormat == WeightFormat::int6) {
+      // Quad i's top two bits are bits 2i, 2i + 1 of word 2's bytes: moved to bits 4-5. The
+      // 32-bit shifts carry bits across bytes only into the bits the mask clears.
+      const I top = word[2], bits_4_5 = F32::iset1(0x30303030);
+      wq[0] = F32::ior(wq[0], F32::iand(F32::template ishl<4>(top), bits_4_5));
+      wq[1] = F32::ior(wq[1], F32::iand(F32::template ishl<2>(top), bits_4_5));
+      wq[2] = F32::ior(wq[2], F32::iand(top, bits_4_5));
+      wq[3] = F32::ior(wq[3], F32::iand(F32::template isra<2>(top), bits_4_5));
+    }
+  }
+
   // out[r0 + r, (v + p)·W + lane] for R rows and P column vectors, blocks [b0, b1): each block's
   // integer sums in registers, the running sums in out (the first block starts them); the last
   // column vector holds `last` columns of out. bias (may be null) is added after the last block.
@@ -208,16 +239,8 @@ struct VectorQuantizedLinear {
           }
           GPT2GEN_UNROLL
           for (int p = 0; p < P; ++p) {
-            const uint8_t* group = weights(m, v + p, g);
-            F32::prefetch_far(group + kPrefetchBytes);
-            const I bytes = F32::iload(group);
             I wq[kQuads];
-            if constexpr (kQuads == 1) {
-              wq[0] = bytes;
-            } else {
-              wq[0] = F32::low_nibbles(bytes);
-              wq[1] = F32::high_nibbles(bytes);
-            }
+            unpack<Format>(weights(m, v + p, g), wq);
             GPT2GEN_UNROLL
             for (int qd = 0; qd < kQuads; ++qd) {
               GPT2GEN_UNROLL
@@ -328,6 +351,7 @@ void quantized_linear(const float* x, int n, const LinearWeights<float>& lin, fl
 
 template void quantized_linear<Int8Format>(const float*, int, const LinearWeights<float>&, float*);
 template void quantized_linear<Int4Format>(const float*, int, const LinearWeights<float>&, float*);
+template void quantized_linear<Int6Format>(const float*, int, const LinearWeights<float>&, float*);
 
 }  // namespace GPT2GEN_ISA_NS
 }  // namespace gpt2gen

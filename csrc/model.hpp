@@ -14,12 +14,15 @@ struct LayerNormWeights {
 };
 
 // How a weight matrix is stored. float32 models may pack their matrices once into bf16, int8 or
-// int4 (python/gpt2gen/packing.py); activations and accumulation stay float32.
+// int4 (python/gpt2gen/packing.py; int4 with an int6 wte); activations and accumulation stay
+// float32.
 enum class WeightFormat : uint8_t {
   native,  // the parameters' dtype, read in place
   bf16,    // uint16: the high half of each float32, rounded to nearest even, in panels (below)
   int8,    // quantized (below): q in [-127, 127] stored as the byte q + 128, float16 scales
   int4,    // quantized (below): q in [-8, 7] stored as the nibble q + 8, float16 scales
+  int6,    // quantized (below): q in [-32, 31] stored as the 6 bits q + 32, float16 scales (int4's
+           // tied wte, as llama.cpp's q4_0 keeps it in q6_K)
 };
 
 // Packed matrices are seen as w[d_in, d_out] with the product reducing over d_in (a linear's w;
@@ -30,21 +33,30 @@ enum class WeightFormat : uint8_t {
 // half the rate, measured).
 //   bf16: [panels][ceil(d_in / 2)][kPanelColumns][2], rows in interleaved pairs (one load widens
 //         two rows of a column vector); an odd d_in gets a zero row.
-//   int8, int4 (quantized): value(k, j) = q(k, j)·scale(k / kQuantBlock, j); d_in padded to whole
-//         blocks; for the integer dot products (four bytes of a column against four bytes of
-//         activations), groups of four bytes per column:
-//     data   [panels][d_in_padded / kGroup][kPanelColumns][4] bytes, where a column's four bytes
-//            hold k = 4g .. 4g + 3 (int8, kGroup = 4), or k = 8g .. 8g + 3 in their low nibbles
-//            and k = 8g + 4 .. 8g + 7 in their high nibbles (int4, kGroup = 8);
+//   int8, int4, int6 (quantized): value(k, j) = q(k, j)·scale(k / kQuantBlock, j); d_in padded to
+//         whole blocks; for the integer dot products (four bytes of a column against four bytes of
+//         activations), groups of kGroup consecutive k stored as kWords words of four bytes per
+//         column:
+//     data   [panels][d_in_padded / kGroup][kWords][kPanelColumns][4] bytes, where a column's word
+//            holds k = 4g .. 4g + 3 (int8, kGroup = 4, kWords = 1), or k = 8g .. 8g + 3 in its low
+//            nibbles and k = 8g + 4 .. 8g + 7 in its high nibbles (int4, kGroup = 8, kWords = 1);
+//            int6 (kGroup = 16, kWords = 3): words 0 and 1 hold the low four bits of k = 16g ..
+//            16g + 7 and 16g + 8 .. 16g + 15 as int4's word does, and byte i of word 2 the top two
+//            bits of k = 16g + i, + 4 + i, + 8 + i, + 12 + i in its bits 0-1, 2-3, 4-5, 6-7;
 //     scales [panels][d_in_padded / kQuantBlock][kPanelColumns], float16.
 //     Padded columns and rows hold q = 0 and scale 0.
 constexpr int kQuantBlock = 32;
 constexpr int kPanelColumns = 64;
+// A quantized format's kGroup and kWords (above).
+constexpr int quant_group(WeightFormat f) {
+  return f == WeightFormat::int8 ? 4 : f == WeightFormat::int4 ? 8 : 16;
+}
+constexpr int quant_words(WeightFormat f) { return f == WeightFormat::int6 ? 3 : 1; }
 
 struct Packed {
   WeightFormat format = WeightFormat::native;
-  const void* data = nullptr;    // bf16: uint16 (above); int8 / int4: bytes, above
-  const void* scales = nullptr;  // int8, int4: float16 (as uint16)
+  const void* data = nullptr;    // bf16: uint16 (above); quantized: bytes, above
+  const void* scales = nullptr;  // quantized: float16 (as uint16)
 };
 
 // y = x·w + b with GPT-2's layout w[d_in, d_out] (w is null when the matrix is packed; b may be

@@ -164,6 +164,7 @@ struct Vec<float> {
   static I to_int(V v) { return _mm512_cvtps_epi32(v); }  // round to nearest even
   static I isub(I a, I b) { return _mm512_sub_epi32(a, b); }
   static I iand(I a, I b) { return _mm512_and_si512(a, b); }
+  static I ior(I a, I b) { return _mm512_or_si512(a, b); }
   template <int kBits>
   static I isra(I a) {
     return _mm512_srai_epi32(a, kBits);
@@ -311,6 +312,7 @@ struct Vec<float> {
   static I to_int(V v) { return _mm256_cvtps_epi32(v); }
   static I isub(I a, I b) { return _mm256_sub_epi32(a, b); }
   static I iand(I a, I b) { return _mm256_and_si256(a, b); }
+  static I ior(I a, I b) { return _mm256_or_si256(a, b); }
   template <int kBits>
   static I isra(I a) {
     return _mm256_srai_epi32(a, kBits);

@@ -69,29 +69,48 @@ inline float half_to_float(uint16_t h) {
   return f;
 }
 
-// The quantized formats (model.hpp): q stored as q + kOffset in four bytes per column per group
-// of kGroup values of k; q(bytes, i) reads the i-th value of a column's group.
-struct Int8Format {
-  static constexpr WeightFormat kFormat = WeightFormat::int8;
-  static constexpr bool kQuantized = true;
-  static constexpr int kGroup = 4;
-  static constexpr int kOffset = 128;
-  static int q(const uint8_t* bytes, int i) { return int(bytes[i]) - kOffset; }
+// The quantized formats (model.hpp): q stored as q + kOffset in kWords words of four bytes per
+// column per group of kGroup values of k (a column's words kWordStride bytes apart); q(bytes, i)
+// reads the i-th value of the group whose first word starts at bytes.
+constexpr int kWordStride = 4 * kPanelColumns;
+
+// Every quantized format's block scales are float16.
+struct Float16Scales {
   static float scale(const void* scales, size_t i) {
     return half_to_float(static_cast<const uint16_t*>(scales)[i]);
   }
 };
 
-struct Int4Format {
+struct Int8Format : Float16Scales {
+  static constexpr WeightFormat kFormat = WeightFormat::int8;
+  static constexpr bool kQuantized = true;
+  static constexpr int kGroup = quant_group(kFormat);
+  static constexpr int kWords = quant_words(kFormat);
+  static constexpr int kOffset = 128;
+  static int q(const uint8_t* bytes, int i) { return int(bytes[i]) - kOffset; }
+};
+
+struct Int4Format : Float16Scales {
   static constexpr WeightFormat kFormat = WeightFormat::int4;
   static constexpr bool kQuantized = true;
-  static constexpr int kGroup = 8;
+  static constexpr int kGroup = quant_group(kFormat);
+  static constexpr int kWords = quant_words(kFormat);
   static constexpr int kOffset = 8;
+  static int q(const uint8_t* bytes, int i) { return nibble(bytes, i) - kOffset; }
+  // The i-th (0-7) low four bits of a word: int4's value, int6's low bits.
+  static int nibble(const uint8_t* word, int i) { return i < 4 ? word[i] & 0xF : word[i - 4] >> 4; }
+};
+
+struct Int6Format : Float16Scales {
+  static constexpr WeightFormat kFormat = WeightFormat::int6;
+  static constexpr bool kQuantized = true;
+  static constexpr int kGroup = quant_group(kFormat);
+  static constexpr int kWords = quant_words(kFormat);
+  static constexpr int kOffset = 32;
   static int q(const uint8_t* bytes, int i) {
-    return int(i < 4 ? bytes[i] & 0xF : bytes[i - 4] >> 4) - kOffset;
-  }
-  static float scale(const void* scales, size_t i) {
-    return half_to_float(static_cast<const uint16_t*>(scales)[i]);
+    const int low = Int4Format::nibble(bytes + (i / 8) * kWordStride, i % 8);
+    const int high = (bytes[2 * kWordStride + i % 4] >> (2 * (i / 4))) & 3;
+    return (low | high << 4) - kOffset;
   }
 };
 
@@ -113,9 +132,11 @@ struct QuantizedMatrix {
         blocks((d_in + kQuantBlock - 1) / kQuantBlock),
         groups(blocks * (kQuantBlock / Format::kGroup)) {}
 
-  // Column j's four bytes of the group holding row k.
+  // Column j's first word of the group holding row k (its others follow kWordStride apart).
   const uint8_t* group_bytes(int k, int j) const {
-    return data + (size_t(j / kPanelColumns) * groups + k / Format::kGroup) * (4 * kPanelColumns) +
+    return data +
+           (size_t(j / kPanelColumns) * groups + k / Format::kGroup) * Format::kWords *
+               kWordStride +
            (j % kPanelColumns) * 4;
   }
   // The index of column j's scale of a block among the scales.
@@ -179,6 +200,9 @@ void with_weight_format(WeightFormat format, Fn&& f) {
       break;
     case WeightFormat::int4:
       if constexpr (kFloat32) return f(Int4Format{});
+      break;
+    case WeightFormat::int6:
+      if constexpr (kFloat32) return f(Int6Format{});
       break;
     default: throw std::invalid_argument("unknown weight format " + std::to_string(int(format)));
   }

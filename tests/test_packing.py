@@ -1,5 +1,6 @@
-"""Packed (bf16, int8, int4) weights: the packing against independent conversions, the engine's packed
-kernels against the NumPy reference on the values the packed weights stand for."""
+"""Packed (bf16, int8, int4; int6 for int4's wte) weights: the packing against independent
+conversions, the engine's packed kernels against the NumPy reference on the values the packed
+weights stand for."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import gpt2gen
 from gpt2gen import _core, _testing, reference
 from gpt2gen.packing import (
     FORMATS,
+    MATRIX_FORMATS,
     QUANT_BLOCK,
     bf16_to_float,
     float_to_bf16,
@@ -22,7 +24,8 @@ from gpt2gen.packing import (
 )
 from random_models import leaves, random_params
 
-QUANTIZED = ["int8", "int4"]
+QUANTIZED = ["int8", "int4", "int6"]
+Q_RANGE = {"int8": (-127, 127), "int4": (-8, 7), "int6": (-32, 31)}
 
 
 def test_bf16_rounds_to_nearest_even_like_torch():
@@ -54,22 +57,22 @@ def test_quantized_blocks_bound_the_error(rows, cols, fmt, seed):
         # float16 step is max|w| / 127 rounded, so max|w| / step ≤ 127·(1 + 2^-11) rounds to 127.
         bound = step / 2 * (1 + 1e-6) + 2 * np.spacing(np.abs(w))
         assert np.all(np.abs(values - w) <= bound)
-    else:
-        # Half a step, or clipped beyond 7 steps (a chosen step may clip the largest values)...
-        bound = step / 2 * (1 + 1e-6) + np.maximum(0, np.abs(w) - 7 * step) + 2 * np.spacing(np.abs(w))
+    lo, hi = Q_RANGE[fmt]
+    if fmt != "int8":
+        # Half a step, or clipped beyond hi steps (a chosen step may clip the largest values)...
+        bound = step / 2 * (1 + 1e-6) + np.maximum(0, np.abs(w) - hi * step) + 2 * np.spacing(np.abs(w))
         assert np.all(np.abs(values - w) <= bound)
-        # ... and per block no more squared error than llama.cpp's q4_0 rule (max → -8).
+        # ... and per block no more squared error than llama.cpp's q4_0 rule (max → lo).
         padded = np.zeros((blocks * QUANT_BLOCK, cols), np.float32)
         padded[:rows] = w
         b = padded.reshape(blocks, QUANT_BLOCK, cols)
         largest = np.take_along_axis(b, np.abs(b).argmax(axis=1)[:, None, :], axis=1)[:, 0, :]
-        d = (largest / -8).astype(np.float16).astype(np.float32)
-        q4_0 = np.clip(np.rint(b / np.where(d != 0, d, 1)[:, None, :]), -8, 7) * d[:, None, :]
+        d = (largest / lo).astype(np.float16).astype(np.float32)
+        q4_0 = np.clip(np.rint(b / np.where(d != 0, d, 1)[:, None, :]), lo, hi) * d[:, None, :]
         ours = np.zeros_like(padded)
         ours[:rows] = values
         err = np.square(ours.reshape(b.shape) - b).sum(axis=1)
         assert np.all(err <= np.square(q4_0 - b).sum(axis=1) * (1 + 1e-5) + 1e-30)
-    lo, hi = (-127, 127) if fmt == "int8" else (-8, 7)
     assert q.min(initial=0) >= lo and q.max(initial=0) <= hi
 
 
@@ -86,6 +89,27 @@ def test_quantized_layout_round_trips(fmt, shape, axis):
     expected = q.astype(np.float32) * np.repeat(scales.astype(np.float32), QUANT_BLOCK, axis=0)[:view.shape[0]]
     np.testing.assert_array_equal(unpack_matrix(packed, reduce_axis=axis), expected if axis == 0 else expected.T)
     assert packed["shape"] == shape and packed["data"].dtype == np.uint8
+
+
+@pytest.mark.parametrize("shape", [(768, 2304), (33, 17), (50, 1), (7, 130)])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_int6_layout_places_every_value(shape, axis):
+    """int6 as csrc/model.hpp describes it: per panel and group of 16 values of d_in, three words
+    of four bytes per column; q + 32's low four bits of k % 16 = 4h + i in byte i's low (h even)
+    or high (h odd) nibble of word h // 2, its top two bits at bits 2h, 2h + 1 of word 2's byte i."""
+    w = np.random.default_rng(shape[0] + axis).standard_normal(shape).astype(np.float32)
+    packed = pack_matrix(w, "int6", reduce_axis=axis)
+    q, _ = quantize(w if axis == 0 else w.T, "int6")
+    d_in, d_out = q.shape
+    data = packed["data"]
+    groups = -(-d_in // QUANT_BLOCK) * QUANT_BLOCK // 16
+    assert data.shape == (-(-d_out // 64), groups, 3 * 64 * 4)
+    words = data.reshape(data.shape[0], groups, 3, 64, 4)
+    k, j = np.meshgrid(np.arange(d_in), np.arange(d_out), indexing="ij")
+    h, i = k % 16 // 4, k % 4
+    low = words[j // 64, k // 16, h // 2, j % 64, i] >> (4 * (h % 2)) & 0x0F
+    high = words[j // 64, k // 16, 2, j % 64, i] >> (2 * h) & 3
+    np.testing.assert_array_equal((low | high << 4).astype(int) - 32, q)
 
 
 @pytest.mark.parametrize("shape", [(768, 2304), (33, 17), (50, 1), (7, 130)])
@@ -109,7 +133,7 @@ def test_bf16_layout_places_every_value(shape, axis):
 @pytest.mark.parametrize("fmt", QUANTIZED)
 def test_weights_beyond_float16_scales_are_refused(fmt):
     w = np.ones((32, 3), np.float32)
-    w[5, 1] = 1e9 if fmt == "int8" else 1e6  # a scale of ~7.9e6 / 1.25e5: beyond float16's 65504
+    w[5, 1] = 1e9 if fmt == "int8" else 1e7  # a scale of ~7.9e6, 1.25e6, 3.1e5: beyond float16's 65504
     with pytest.raises(ValueError, match=f"do not fit {fmt}'s float16 block scales"):
         quantize(w, fmt)
     w[5, 1] = np.inf
@@ -134,7 +158,7 @@ def test_int4_scale_is_q4_0s_or_a_finer_one_of_less_error():
 # The backend fixture holds for every example: suppressing the function-scoped-fixture check is safe.
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 12), d_in=st.integers(1, 100), d_out=st.integers(1, 70),
-       fmt=st.sampled_from(FORMATS), seed=st.integers(0, 2**32 - 1))
+       fmt=st.sampled_from(MATRIX_FORMATS), seed=st.integers(0, 2**32 - 1))
 def test_packed_linear_kernel_matches_numpy(n, d_in, d_out, fmt, seed, every_backend):
     """linear on packed weights against x @ unpack(w) + b in float64, with activations spanning
     eleven decades, exact zeros and whole zero blocks (the quantized formats write each block of
@@ -158,7 +182,7 @@ def test_packed_linear_kernel_matches_numpy(n, d_in, d_out, fmt, seed, every_bac
         np.testing.assert_array_equal(_testing.packed_linear(x[r:r + 1].copy(), lin, d_out)[0], got[r])
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", MATRIX_FORMATS)
 def test_packed_linear_propagates_nan_and_inf(fmt):
     """A non-finite activation makes its row's outputs NaN (or ±inf) as the float32 product does,
     never a finite number: the quantized kernels cannot write inf or NaN as an integer."""
@@ -279,7 +303,7 @@ def test_bad_packed_parameters():
 def test_load_pretrained_packs(fmt, numpy_gpt2):
     model_dir, _ = numpy_gpt2(n_layer=2, n_embd=32, n_head=4, vocab_size=300, n_positions=50)
     _, hparams, packed = gpt2gen.load_pretrained(model_dir, dtype=fmt)
-    assert packed["wte"]["format"] == ("int8" if fmt == "int4" else fmt)  # int4 keeps wte in int8
+    assert packed["wte"]["format"] == ("int6" if fmt == "int4" else fmt)  # int4 keeps wte in int6
     model = gpt2gen.GPT2.from_pretrained(model_dir, dtype=fmt)
     ids = model.encode("hello there")
     expected = reference.gpt2(np.array(ids), **unpack_params(packed), n_head=4)

@@ -1,8 +1,9 @@
 // Micro-benchmarks of the kernels at GPT-2 124M shapes (float32 weights, and packed bf16 / int8 /
-// int4 ones: fmt 0 / 1 / 2, GB/s counting the packed bytes and scales), called through the backend
-// table the engine uses (GPT2GEN_ISA / the CPU pick the instruction set, OMP_NUM_THREADS or the
-// default the thread count). Each kernel's output is first checked against a plain scalar loop
-// (double accumulation); a mismatch aborts with a message before anything is timed.
+// int4 / int6 ones: fmt 0 / 1 / 2 / 3, GB/s counting the packed bytes and scales), called through
+// the backend table the engine uses (GPT2GEN_ISA / the CPU pick the instruction set,
+// OMP_NUM_THREADS or the default the thread count). Each kernel's output is first checked against a
+// plain scalar loop (double accumulation); a mismatch aborts with a message before anything is
+// timed.
 //
 //   cmake -S . -B build/bench -DGPT2GEN_BENCHMARKS=ON -Dpybind11_DIR=$(python -m pybind11 --cmakedir)
 //   cmake --build build/bench -j2 && build/bench/gpt2gen_bench
@@ -276,7 +277,8 @@ void BM_unembed(benchmark::State& state) {
   set_counters(state, double(kVocab) * d * 4, 2.0 * n * kVocab * d);
 }
 
-// --- packed (bf16, int8, int4) linear and unembed ---------------------------------------------
+// --- packed (bf16, int8, int4, int6) linear and unembed
+// ---------------------------------------------
 
 // float32 → bf16 bits, rounding to nearest even (finite inputs), as python/gpt2gen/packing.py.
 uint16_t to_bf16(float f) {
@@ -314,10 +316,21 @@ struct PackedMatrix {
         for (int j = 0; j < cols; ++j) bf16[bf16_index(i, j)] = to_bf16(w[size_t(i) * cols + j]);
       return;
     }
-    const bool int8 = format == WeightFormat::int8;
-    const int blocks = (d_in + kQuantBlock - 1) / kQuantBlock, group = int8 ? 4 : 8;
+    const bool int8 = format == WeightFormat::int8, int6 = format == WeightFormat::int6;
+    const int blocks = (d_in + kQuantBlock - 1) / kQuantBlock, group = quant_group(format),
+              words = quant_words(format),
+              q_min = int8   ? -127
+                      : int6 ? -32
+                             : -8,
+              q_max = int8   ? 127
+                      : int6 ? 31
+                             : 7;
     const size_t groups = size_t(blocks) * kQuantBlock / group;
-    data.assign(size_t(panels) * groups * 4 * kPanelColumns, int8 ? 128 : 0x88);  // q = 0
+    const size_t group_bytes = size_t(words) * 4 * kPanelColumns;
+    data.assign(size_t(panels) * groups * group_bytes, int8 ? 128 : int6 ? 0 : 0x88);  // q = 0
+    if (int6)  // q + 32 = 0b100000: low bits 0, top bits 2 (word 2)
+      for (size_t g = 0; g < size_t(panels) * groups; ++g)
+        std::memset(&data[g * group_bytes + 2 * 4 * kPanelColumns], 0xAA, 4 * kPanelColumns);
     scales.assign(size_t(panels) * blocks * kPanelColumns, 0);
     values.assign(size_t(d_in) * d_out, 0.0f);
     auto at = [&](int k, int j) {
@@ -331,22 +344,29 @@ struct PackedMatrix {
           if (std::abs(at(k, j)) > std::abs(largest)) largest = at(k, j);
         const size_t si =
             (size_t(j / kPanelColumns) * blocks + b) * kPanelColumns + j % kPanelColumns;
-        const _Float16 h = _Float16(int8 ? std::abs(largest) / 127.0f : largest / -8.0f);
+        const _Float16 h =
+            _Float16(int8 ? std::abs(largest) / float(q_max) : largest / float(q_min));
         std::memcpy(&scales[si], &h, 2);
         const float step = float(h);
         for (int k = k0; k < k1; ++k) {
           const float v = step != 0 ? std::nearbyint(at(k, j) / step) : 0.0f;
-          const int q = int(std::max(int8 ? -127.0f : -8.0f, std::min(int8 ? 127.0f : 7.0f, v)));
+          const int q = int(std::max(float(q_min), std::min(float(q_max), v)));
           values[size_t(k) * d_out + j] = float(q) * step;
-          uint8_t& byte =
-              data[(size_t(j / kPanelColumns) * groups + k / group) * 4 * kPanelColumns +
-                   (j % kPanelColumns) * 4 + k % 4];
+          const int u = q - q_min + (int8 ? 1 : 0), i = k % group;  // the stored q + offset
+          uint8_t* word = &data[(size_t(j / kPanelColumns) * groups + k / group) * group_bytes +
+                                (j % kPanelColumns) * 4 + k % 4];
+          uint8_t& low = word[(i / 8) * 4 * kPanelColumns];  // int4 and int6: nibble i % 8 / 4
           if (int8)
-            byte = uint8_t(q + 128);
-          else if (k % 8 < 4)
-            byte = uint8_t((byte & 0xF0) | (q + 8));
+            word[0] = uint8_t(u);
+          else if (i % 8 < 4)
+            low = uint8_t((low & 0xF0) | (u & 0xF));
           else
-            byte = uint8_t((byte & 0x0F) | ((q + 8) << 4));
+            low = uint8_t((low & 0x0F) | ((u & 0xF) << 4));
+          if (int6) {
+            uint8_t& top = word[2 * 4 * kPanelColumns];
+            const int shift = 2 * (i / 4);
+            top = uint8_t((top & ~(3 << shift)) | ((u >> 4) << shift));
+          }
         }
       }
   }
@@ -368,7 +388,10 @@ struct PackedMatrix {
 };
 
 const char* format_name(WeightFormat f) {
-  return f == WeightFormat::bf16 ? "bf16" : f == WeightFormat::int8 ? "int8" : "int4";
+  return f == WeightFormat::bf16   ? "bf16"
+         : f == WeightFormat::int8 ? "int8"
+         : f == WeightFormat::int4 ? "int4"
+                                   : "int6";
 }
 
 struct PackedLinearSet {
@@ -401,9 +424,12 @@ PackedLinearSet& packed_linear_set(int d_in, int d_out, WeightFormat format) {
   return *sets.back();
 }
 
-// range(0): 0 = bf16, 1 = int8, 2 = int4.
+// range(0): 0 = bf16, 1 = int8, 2 = int4, 3 = int6.
 WeightFormat format_arg(int64_t a) {
-  return a == 0 ? WeightFormat::bf16 : a == 1 ? WeightFormat::int8 : WeightFormat::int4;
+  return a == 0   ? WeightFormat::bf16
+         : a == 1 ? WeightFormat::int8
+         : a == 2 ? WeightFormat::int4
+                  : WeightFormat::int6;
 }
 
 void BM_linear_packed(benchmark::State& state) {
@@ -447,7 +473,7 @@ void BM_linear_packed(benchmark::State& state) {
 void BM_unembed_packed(benchmark::State& state) {
   const WeightFormat format = format_arg(state.range(0));
   const int n = int(state.range(1)), d = kEmbd;
-  static std::unique_ptr<PackedMatrix> packed[3];
+  static std::unique_ptr<PackedMatrix> packed[4];
   auto& wte = packed[state.range(0)];
   if (!wte)
     wte = std::make_unique<PackedMatrix>(random_vec(size_t(kVocab) * d, 10, 0.1f), kVocab, d,
@@ -695,7 +721,7 @@ void linear_args(benchmark::internal::Benchmark* b) {
 }
 
 void packed_linear_args(benchmark::internal::Benchmark* b) {
-  for (int f : {0, 1, 2})
+  for (int f : {0, 1, 2, 3})
     for (int n : {1, 8, 128})
       for (auto& s : kShapes) b->Args({f, n, s[0], s[1]});
 }
@@ -717,9 +743,11 @@ BENCHMARK(BM_unembed_packed)
     ->Args({0, 1})
     ->Args({1, 1})
     ->Args({2, 1})
+    ->Args({3, 1})
     ->Args({0, 8})
     ->Args({1, 8})
     ->Args({2, 8})
+    ->Args({3, 8})
     ->ArgNames({"fmt", "n"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

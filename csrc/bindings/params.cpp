@@ -69,7 +69,7 @@ class ParamReader {
 
   // node[key] as a matrix [rows, cols]: an array of the parameters' dtype, or a packed dict made
   // by gpt2gen.pack_params, {"format": ..., "shape": (rows, cols), "data": ...} in model.hpp's
-  // layout: bf16, uint16 data; int8 and int4, uint8 data and float16 "scales". The
+  // layout: bf16, uint16 data; int8, int4 and int6, uint8 data and float16 "scales". The
   // product reduces over the rows (a linear's w) or, with reduce_rows false, the columns (wte,
   // stored as wteᵀ).
   const T* matrix(py::handle node, const char* key, const std::string& path, py::ssize_t rows,
@@ -81,10 +81,18 @@ class ParamReader {
       throw py::type_error("params '" + p + "' is packed, which only float32 parameters can be");
     const std::string format = py::str(child(m, "format", p));
     const std::string rule = "'" + p + "' is packed as " + format;
-    const bool int8 = format == "int8", int4 = format == "int4";
-    if (!int8 && !int4 && format != "bf16")
+    struct Quantized {
+      const char* name;
+      WeightFormat format;
+    };
+    static constexpr Quantized kQuantizedFormats[] = {
+        {"int8", WeightFormat::int8}, {"int4", WeightFormat::int4}, {"int6", WeightFormat::int6}};
+    const Quantized* quantized = nullptr;
+    for (const Quantized& q : kQuantizedFormats)
+      if (format == q.name) quantized = &q;
+    if (!quantized && format != "bf16")
       throw py::value_error("params '" + p + ".format' is '" + format +
-                            "'; packed formats are 'bf16', 'int8' and 'int4'");
+                            "'; packed formats are 'bf16', 'int8', 'int4' and 'int6'");
     if (packed_shape(m, p) != std::pair{rows, cols})
       throw py::value_error("params '" + p + ".shape' is " + std::string(py::str(m["shape"])) +
                             ", expected (" + std::to_string(rows) + ", " + std::to_string(cols) +
@@ -99,11 +107,12 @@ class ParamReader {
       return nullptr;
     }
     const py::ssize_t blocks = blocks_of(d_in);
-    const py::ssize_t groups = blocks * kQuantBlock / (int8 ? 4 : 8);
+    const py::ssize_t groups = blocks * kQuantBlock / quant_group(quantized->format);
     const std::vector<py::ssize_t> scales_shape{panels, blocks, kPanelColumns};
-    packed.format = int8 ? WeightFormat::int8 : WeightFormat::int4;
-    packed.data = typed_array<uint8_t>(m, "data", p, {panels, groups, 4 * kPanelColumns},
-                                       rule + ", whose data is uint8");
+    packed.format = quantized->format;
+    packed.data = typed_array<uint8_t>(
+        m, "data", p, {panels, groups, quant_words(quantized->format) * 4 * kPanelColumns},
+        rule + ", whose data is uint8");
     packed.scales = typed_array<uint16_t>(
         m, "scales", p, scales_shape, rule + ", whose scales are float16", py::dtype("float16"));
     return nullptr;

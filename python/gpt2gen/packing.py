@@ -6,22 +6,24 @@ float32, and so do activations and accumulation. A packed matrix replaces its ar
 
 - ``{"format": "bf16", "shape": (rows, cols), "data": uint16[...]}``: the high half of each
   float32, rounded to nearest even (half the bytes);
-- ``{"format": "int8" | "int4", "shape": (rows, cols), "data": uint8[...], "scales": ...}``:
+- ``{"format": "int8" | "int4" | "int6", "shape": (rows, cols), "data": uint8[...], "scales": ...}``:
   symmetric quantization with one scale per block of ``QUANT_BLOCK`` values along the dimension
   the product reduces over (the rows of a ``W[in, out]``, the columns of ``wte``):
   ``value = q · scale``, float16 scales (as llama.cpp's q8_0 and q4_0). int8: ``q`` in
   [-127, 127], ``scale = max|w| / 127`` (8.5 bits a weight). int4: ``q`` in [-8, 7] (4.5 bits a
-  weight), the scale
-  of least squared error among llama.cpp's q4_0 rule (the block's largest magnitude maps to -8)
-  and a few smaller steps; ``pack_params(..., "int4")`` keeps the tied ``wte`` in int8.
+  weight), the scale of least squared error among llama.cpp's q4_0 rule (the block's largest
+  magnitude maps to -8) and a few smaller steps. int6: ``q`` in [-32, 31] (6.5 bits a weight),
+  its scale chosen the same way; it is the format of the tied ``wte`` of
+  ``pack_params(..., "int4")``, as llama.cpp's q4_0 keeps that matrix in 6 bits (q6_K).
 
 Every packed dict names the shape of the matrix it stands for. Its data is laid out for the
 engine's kernels (csrc/model.hpp): the matrix seen as ``w[d_in, d_out]`` reducing over ``d_in``
 (``wte`` transposed), cut into panels of ``PANEL_COLUMNS`` columns stored one after the other, so
 that the engine reads each panel as one sequential stream. bf16 panels hold pairs of consecutive
 rows interleaved (``[panels, ceil(d_in / 2), PANEL_COLUMNS, 2]``: one load gives two rows to
-widen); quantized ones four bytes per column per group of 4 (int8) or 8 (int4, two nibbles a byte)
-consecutive values of ``d_in``, for integer dot products. ``unpack_matrix`` gives back the float32
+widen); quantized ones words of four bytes per column per group of consecutive values of
+``d_in``, for integer dot products: one word for 4 (int8) or 8 (int4, two nibbles a byte), three
+for 16 (int6: two words of low nibbles, one of the top two bits; csrc/model.hpp). ``unpack_matrix`` gives back the float32
 values a packed matrix stands for.
 
 The engine reads the packed arrays in place, like any other parameter.
@@ -31,10 +33,16 @@ from __future__ import annotations
 
 import numpy as np
 
-FORMATS = ("bf16", "int8", "int4")
+FORMATS = ("bf16", "int8", "int4")  # what pack_params packs a model as
+MATRIX_FORMATS = ("bf16", "int8", "int4", "int6")  # what a packed matrix may be (int6: int4's wte)
 QUANT_BLOCK = 32  # must match kQuantBlock in csrc/model.hpp
 PANEL_COLUMNS = 64  # must match kPanelColumns in csrc/model.hpp
-_GROUP = {"int8": 4, "int4": 8}  # values of d_in per four bytes of a column
+# Per quantized format (csrc/model.hpp): q's range, the offset it is stored with, values of d_in
+# per group, and words of four bytes per column per group.
+_RANGE = {"int8": (-127, 127), "int4": (-8, 7), "int6": (-32, 31)}
+_OFFSET = {"int8": 128, "int4": 8, "int6": 32}
+_GROUP = {"int8": 4, "int4": 8, "int6": 16}
+_WORDS = {"int8": 1, "int4": 1, "int6": 3}
 
 
 def float_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -56,22 +64,23 @@ def _ceil_to(n: int, multiple: int) -> int:
 
 
 def quantize(w: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """(q, scales) of w[d_in, d_out] in blocks of QUANT_BLOCK rows: int8 (q in [-127, 127]) or
-    int4 (q in [-8, 7]); scales [ceil(d_in / QUANT_BLOCK), d_out], float16. q is rounded with the
-    float16 scale, so that q·scale is the value the engine uses."""
+    """(q, scales) of w[d_in, d_out] in blocks of QUANT_BLOCK rows: int8 (q in [-127, 127]), int4
+    (q in [-8, 7]) or int6 (q in [-32, 31]); scales [ceil(d_in / QUANT_BLOCK), d_out], float16. q
+    is rounded with the float16 scale, so that q·scale is the value the engine uses."""
     w = np.asarray(w, dtype=np.float32)
     d_in, d_out = w.shape
     padded = np.zeros((_ceil_to(d_in, QUANT_BLOCK), d_out), np.float32)
     padded[:d_in] = w
     blocks = padded.reshape(-1, QUANT_BLOCK, d_out)
+    lo, hi = _RANGE[dtype]
     with np.errstate(over="ignore", invalid="ignore"):  # an infinite scale is refused below
         if dtype == "int8":
-            scales = (np.abs(blocks).max(axis=1) / 127).astype(np.float16)
-            q = _round(blocks, scales, -127, 127)
+            scales = (np.abs(blocks).max(axis=1) / hi).astype(np.float16)
+            q = _round(blocks, scales, lo, hi)
         else:
-            scales, q = _int4_scales(blocks)
+            scales, q = _searched_scales(blocks, lo, hi, _SCALE_FRACTIONS[dtype])
     if np.isinf(scales).any():
-        largest = 65504 * (127 if dtype == "int8" else 8)
+        largest = 65504 * max(-lo, hi)
         raise ValueError(f"weights beyond ±{largest:.4g} (or infinite) do not fit {dtype}'s float16 block scales")
     return q.astype(np.int8).reshape(padded.shape)[:d_in], scales
 
@@ -81,21 +90,23 @@ def _round(blocks: np.ndarray, scales: np.ndarray, lo: int, hi: int) -> np.ndarr
     return np.clip(np.rint(blocks / np.where(step != 0, step, 1)[:, None, :]), lo, hi)
 
 
-# int4 scales tried per block, as fractions of q4_0's (largest magnitude → -8): a smaller step
-# clips the largest value by a little and places the others more finely.
-_INT4_SCALE_FRACTIONS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65)
+# int4 and int6 scales tried per block, as fractions of q4_0's rule (the largest magnitude → the
+# most negative q): a smaller step clips the largest value by a little and places the others
+# more finely.
+_SCALE_FRACTIONS = {"int4": (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65),
+                    "int6": (1.0, 0.97, 0.94, 0.91, 0.88)}
 
 
-def _int4_scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(float16 scales, q) per block: of llama.cpp's q4_0 scale and the fractions above, the one
-    with the least squared error (on structured weights with outlier rows, mean KL to float32
-    fell from 13.9 to 10.6; on random ones it is unchanged)."""
+def _searched_scales(blocks: np.ndarray, lo: int, hi: int, fractions) -> tuple[np.ndarray, np.ndarray]:
+    """(float16 scales, q) per block: of llama.cpp's q4_0 rule and the fractions of it, the scale
+    with the least squared error (int4 on structured weights with outlier rows: mean KL to
+    float32 fell from 13.9 to 10.6; on random ones it is unchanged)."""
     index = np.abs(blocks).argmax(axis=1)[:, None, :]
-    q4_0 = np.take_along_axis(blocks, index, axis=1)[:, 0, :] / -8
+    extreme = np.take_along_axis(blocks, index, axis=1)[:, 0, :] / lo
     best = None
-    for fraction in _INT4_SCALE_FRACTIONS:
-        scales = (q4_0 * np.float32(fraction)).astype(np.float16)
-        q = _round(blocks, scales, -8, 7)
+    for fraction in fractions:
+        scales = (extreme * np.float32(fraction)).astype(np.float16)
+        q = _round(blocks, scales, lo, hi)
         error = np.square(q * scales.astype(np.float32)[:, None, :] - blocks).sum(axis=1)
         if best is None:
             best = [error, scales, q]
@@ -112,18 +123,23 @@ def _layout(q: np.ndarray, scales: np.ndarray, dtype: str) -> tuple[np.ndarray, 
     d_in, d_out = q.shape
     rows, cols = _ceil_to(d_in, QUANT_BLOCK), _ceil_to(d_out, PANEL_COLUMNS)
     panels = cols // PANEL_COLUMNS
-    offset = 128 if dtype == "int8" else 8
+    offset = _OFFSET[dtype]
     stored = np.full((rows, cols), offset, np.uint8)
     stored[:d_in, :d_out] = (q.astype(np.int16) + offset).astype(np.uint8)
-    if dtype == "int8":  # [group, k % 4, panel, column] → [panel, group, column, k % 4]
-        data = stored.reshape(rows // 4, 4, panels, PANEL_COLUMNS).transpose(2, 0, 3, 1)
-    else:  # [group, half, k % 4, panel, column]: low nibbles k % 8 < 4, high ones the rest
-        nibbles = stored.reshape(rows // 8, 2, 4, panels, PANEL_COLUMNS).transpose(3, 0, 4, 1, 2)
-        data = nibbles[..., 0, :] | (nibbles[..., 1, :] << 4)
+    # [group, quad, k % 4, panel, column] → [quad, panel, group, column, k % 4]
+    quads = stored.reshape(rows // _GROUP[dtype], -1, 4, panels, PANEL_COLUMNS).transpose(1, 3, 0, 4, 2)
+    if dtype == "int8":
+        words = [quads[0]]
+    else:  # each word's low nibbles hold an even quad, its high ones the next
+        low = quads & 0x0F
+        words = [low[i] | (low[i + 1] << 4) for i in range(0, len(quads), 2)]
+        if dtype == "int6":  # the top two bits of quad i at bits 2i, 2i + 1 of the last word
+            words.append(np.bitwise_or.reduce([(quads[i] >> 4) << (2 * i) for i in range(4)]))
+    data = np.stack(words, axis=2)  # [panel, group, word, column, k % 4]
     padded_scales = np.zeros((rows // QUANT_BLOCK, cols), scales.dtype)
     padded_scales[:, :d_out] = scales
     scale_layout = padded_scales.reshape(rows // QUANT_BLOCK, panels, PANEL_COLUMNS).transpose(1, 0, 2)
-    return (np.ascontiguousarray(data.reshape(panels, -1, 4 * PANEL_COLUMNS)),
+    return (np.ascontiguousarray(data.reshape(panels, rows // _GROUP[dtype], -1)),
             np.ascontiguousarray(scale_layout))
 
 
@@ -131,12 +147,15 @@ def _values(m: dict) -> np.ndarray:
     """The float32 w[d_in, d_out] a quantized dict (in the reduce-over-rows view) stands for."""
     dtype, data, scales = m["format"], m["data"], m["scales"]
     panels = data.shape[0]
+    words = data.reshape(panels, data.shape[1], _WORDS[dtype], PANEL_COLUMNS, 4)
     if dtype == "int8":
-        q = data.reshape(panels, -1, PANEL_COLUMNS, 4).transpose(1, 3, 0, 2).astype(np.int16) - 128
+        quads = [words[:, :, 0]]
     else:
-        columns = data.reshape(panels, -1, PANEL_COLUMNS, 4)
-        nibbles = np.stack([columns & 0x0F, columns >> 4], axis=-2)  # [panel, group, col, half, k]
-        q = nibbles.transpose(1, 3, 4, 0, 2).astype(np.int16) - 8
+        quads = [words[:, :, i // 2] >> (4 * (i % 2)) & 0x0F for i in range(_GROUP[dtype] // 4)]
+        if dtype == "int6":
+            quads = [quad | ((words[:, :, 2] >> (2 * i) & 3) << 4) for i, quad in enumerate(quads)]
+    # [panel, group, column, quad, k % 4] → [group, quad, k % 4, panel, column]
+    q = np.stack(quads, axis=3).transpose(1, 3, 4, 0, 2).astype(np.int16) - _OFFSET[dtype]
     q = q.reshape(-1, panels * PANEL_COLUMNS)
     step = scales.astype(np.float32).transpose(1, 0, 2).reshape(-1, panels * PANEL_COLUMNS)
     return q.astype(np.float32) * np.repeat(step, QUANT_BLOCK, axis=0)
@@ -201,9 +220,10 @@ def pack_params(params: dict, dtype: str) -> dict:
     wte = params.get("wte") if isinstance(params, dict) else None
     if not isinstance(wte, np.ndarray) or wte.dtype != np.float32:
         raise TypeError("pack_params takes float32 parameters (an unpacked picoGPT params dict)")
-    # int4 keeps the tied wte (the input embedding and the output projection) in int8, as
-    # llama.cpp's q4_0 keeps it in 6 bits: in 4 bits it alone made the mean KL 17% larger.
-    wte_dtype = "int8" if dtype == "int4" else dtype
+    # int4 keeps the tied wte (the input embedding and the output projection) in int6, as
+    # llama.cpp's q4_0 keeps it in 6 bits (q6_K): in 4 bits it alone made the mean KL 17% larger,
+    # in 6 bits ~1% (against 8 bits), for 12% fewer bytes a token than an int8 wte.
+    wte_dtype = "int6" if dtype == "int4" else dtype
     return _map_matrices(params, lambda w: pack_matrix(w, wte_dtype, reduce_axis=1),
                          lambda w: pack_matrix(w, dtype, reduce_axis=0))
 
