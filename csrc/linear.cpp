@@ -1,6 +1,6 @@
 // y = x·w + b for weights of any format (float32 with vectors where the instruction set has them,
-// simd.hpp; otherwise the portable loops, portable.hpp). The quantized formats (int8, int4) have
-// kernels of their own, with integer dot products: linear_quantized.cpp.
+// simd.hpp; otherwise the portable loops, portable.hpp). The quantized formats (int8, int4,
+// int6) have kernels of their own, with integer dot products: linear_quantized.cpp.
 //
 // The vector kernels convert the weights to float32 in registers as they stream in (simd.hpp's
 // widening loads; bf16 rows come in interleaved pairs, two rows per load); activations and every

@@ -1,4 +1,4 @@
-// The quantized formats' linear (linear_quantized.cpp), called by linear() for int8 and int4.
+// The quantized formats' linear (linear_quantized.cpp), called by linear() for int8, int4 and int6.
 #pragma once
 
 #include "isa.hpp"
