@@ -182,6 +182,21 @@ def test_packed_linear_kernel_matches_numpy(n, d_in, d_out, fmt, seed, every_bac
         np.testing.assert_array_equal(_testing.packed_linear(x[r:r + 1].copy(), lin, d_out)[0], got[r])
 
 
+@pytest.mark.parametrize("fmt", QUANTIZED)
+def test_a_nan_weight_makes_its_column_nan(fmt):
+    """As in the float32 product, a NaN weight reaches its column's outputs (its whole block
+    stands for NaN: the block's scale is NaN); the other columns are untouched."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((80, 40)).astype(np.float32)
+    w[37, 5] = np.nan
+    with np.errstate(all="raise"):  # and no warning on the way
+        lin = {"w": pack_matrix(w, fmt, reduce_axis=0), "b": np.zeros(40, np.float32)}
+    values = unpack_matrix(lin["w"], reduce_axis=0)
+    assert np.isnan(values[32:64, 5]).all() and not np.isnan(np.delete(values, 5, axis=1)).any()
+    out = _testing.packed_linear(rng.standard_normal((2, 80)).astype(np.float32), lin, 40)
+    assert np.isnan(out[:, 5]).all() and np.isfinite(np.delete(out, 5, axis=1)).all()
+
+
 @pytest.mark.parametrize("fmt", MATRIX_FORMATS)
 def test_packed_linear_propagates_nan_and_inf(fmt):
     """A non-finite activation makes its row's outputs NaN (or ±inf) as the float32 product does,

@@ -66,7 +66,8 @@ def _ceil_to(n: int, multiple: int) -> int:
 def quantize(w: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """(q, scales) of w[d_in, d_out] in blocks of QUANT_BLOCK rows: int8 (q in [-127, 127]), int4
     (q in [-8, 7]) or int6 (q in [-32, 31]); scales [ceil(d_in / QUANT_BLOCK), d_out], float16. q
-    is rounded with the float16 scale, so that q·scale is the value the engine uses."""
+    is rounded with the float16 scale, so that q·scale is the value the engine uses. Infinite
+    weights (or a scale beyond float16) are refused with a ValueError."""
     w = np.asarray(w, dtype=np.float32)
     d_in, d_out = w.shape
     padded = np.zeros((_ceil_to(d_in, QUANT_BLOCK), d_out), np.float32)
@@ -79,6 +80,9 @@ def quantize(w: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
             q = _round(blocks, scales, lo, hi)
         else:
             scales, q = _searched_scales(blocks, lo, hi, _SCALE_FRACTIONS[dtype])
+    # A NaN weight makes its block's scale NaN, so the whole block stands for NaN and reaches its
+    # column's outputs, as the float32 product would; its q are stored as 0.
+    q = np.where(np.isnan(q), 0, q)
     if np.isinf(scales).any():
         largest = 65504 * max(-lo, hi)
         raise ValueError(f"weights beyond ±{largest:.4g} (or infinite) do not fit {dtype}'s float16 block scales")
