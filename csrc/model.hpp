@@ -47,11 +47,15 @@ enum class WeightFormat : uint8_t {
 //     Padded columns and rows hold q = 0 and scale 0.
 constexpr int kQuantBlock = 32;
 constexpr int kPanelColumns = 64;
-// A quantized format's kGroup and kWords (above).
+// A quantized format's kGroup and kWords (above), and the offset q is stored with (q + offset,
+// unsigned; q's largest value is offset − 1).
 constexpr int quant_group(WeightFormat f) {
   return f == WeightFormat::int8 ? 4 : f == WeightFormat::int4 ? 8 : 16;
 }
 constexpr int quant_words(WeightFormat f) { return f == WeightFormat::int6 ? 3 : 1; }
+constexpr int quant_offset(WeightFormat f) {
+  return f == WeightFormat::int8 ? 128 : f == WeightFormat::int4 ? 8 : 32;
+}
 
 struct Packed {
   WeightFormat format = WeightFormat::native;

@@ -74,39 +74,30 @@ inline float half_to_float(uint16_t h) {
 // reads the i-th value of the group whose first word starts at bytes.
 constexpr int kWordStride = 4 * kPanelColumns;
 
-// Every quantized format's block scales are float16.
-struct Float16Scales {
+// What every quantized format shares: its constants from model.hpp, and float16 block scales.
+template <WeightFormat F>
+struct QuantizedFormat {
+  static constexpr WeightFormat kFormat = F;
+  static constexpr bool kQuantized = true;
+  static constexpr int kGroup = quant_group(F);
+  static constexpr int kWords = quant_words(F);
+  static constexpr int kOffset = quant_offset(F);
   static float scale(const void* scales, size_t i) {
     return half_to_float(static_cast<const uint16_t*>(scales)[i]);
   }
 };
 
-struct Int8Format : Float16Scales {
-  static constexpr WeightFormat kFormat = WeightFormat::int8;
-  static constexpr bool kQuantized = true;
-  static constexpr int kGroup = quant_group(kFormat);
-  static constexpr int kWords = quant_words(kFormat);
-  static constexpr int kOffset = 128;
+struct Int8Format : QuantizedFormat<WeightFormat::int8> {
   static int q(const uint8_t* bytes, int i) { return int(bytes[i]) - kOffset; }
 };
 
-struct Int4Format : Float16Scales {
-  static constexpr WeightFormat kFormat = WeightFormat::int4;
-  static constexpr bool kQuantized = true;
-  static constexpr int kGroup = quant_group(kFormat);
-  static constexpr int kWords = quant_words(kFormat);
-  static constexpr int kOffset = 8;
+struct Int4Format : QuantizedFormat<WeightFormat::int4> {
   static int q(const uint8_t* bytes, int i) { return nibble(bytes, i) - kOffset; }
   // The i-th (0-7) low four bits of a word: int4's value, int6's low bits.
   static int nibble(const uint8_t* word, int i) { return i < 4 ? word[i] & 0xF : word[i - 4] >> 4; }
 };
 
-struct Int6Format : Float16Scales {
-  static constexpr WeightFormat kFormat = WeightFormat::int6;
-  static constexpr bool kQuantized = true;
-  static constexpr int kGroup = quant_group(kFormat);
-  static constexpr int kWords = quant_words(kFormat);
-  static constexpr int kOffset = 32;
+struct Int6Format : QuantizedFormat<WeightFormat::int6> {
   static int q(const uint8_t* bytes, int i) {
     const int low = Int4Format::nibble(bytes + (i / 8) * kWordStride, i % 8);
     const int high = (bytes[2 * kWordStride + i % 4] >> (2 * (i / 4))) & 3;

@@ -277,8 +277,7 @@ void BM_unembed(benchmark::State& state) {
   set_counters(state, double(kVocab) * d * 4, 2.0 * n * kVocab * d);
 }
 
-// --- packed (bf16, int8, int4, int6) linear and unembed
-// ---------------------------------------------
+// --- packed (bf16, int8, int4, int6) linear and unembed ---------------------------------------
 
 // float32 → bf16 bits, rounding to nearest even (finite inputs), as python/gpt2gen/packing.py.
 uint16_t to_bf16(float f) {
@@ -318,13 +317,8 @@ struct PackedMatrix {
     }
     const bool int8 = format == WeightFormat::int8, int6 = format == WeightFormat::int6;
     const int blocks = (d_in + kQuantBlock - 1) / kQuantBlock, group = quant_group(format),
-              words = quant_words(format),
-              q_min = int8   ? -127
-                      : int6 ? -32
-                             : -8,
-              q_max = int8   ? 127
-                      : int6 ? 31
-                             : 7;
+              words = quant_words(format), offset = quant_offset(format), q_max = offset - 1,
+              q_min = int8 ? -q_max : -offset;  // int8 is symmetric
     const size_t groups = size_t(blocks) * kQuantBlock / group;
     const size_t group_bytes = size_t(words) * 4 * kPanelColumns;
     data.assign(size_t(panels) * groups * group_bytes, int8 ? 128 : int6 ? 0 : 0x88);  // q = 0
@@ -352,7 +346,7 @@ struct PackedMatrix {
           const float v = step != 0 ? std::nearbyint(at(k, j) / step) : 0.0f;
           const int q = int(std::max(float(q_min), std::min(float(q_max), v)));
           values[size_t(k) * d_out + j] = float(q) * step;
-          const int u = q - q_min + (int8 ? 1 : 0), i = k % group;  // the stored q + offset
+          const int u = q + offset, i = k % group;  // as stored
           uint8_t* word = &data[(size_t(j / kPanelColumns) * groups + k / group) * group_bytes +
                                 (j % kPanelColumns) * 4 + k % 4];
           uint8_t& low = word[(i / 8) * 4 * kPanelColumns];  // int4 and int6: nibble i % 8 / 4

@@ -23,13 +23,15 @@ that the engine reads each panel as one sequential stream. bf16 panels hold pair
 rows interleaved (``[panels, ceil(d_in / 2), PANEL_COLUMNS, 2]``: one load gives two rows to
 widen); quantized ones words of four bytes per column per group of consecutive values of
 ``d_in``, for integer dot products: one word for 4 (int8) or 8 (int4, two nibbles a byte), three
-for 16 (int6: two words of low nibbles, one of the top two bits; csrc/model.hpp). ``unpack_matrix`` gives back the float32
-values a packed matrix stands for.
+for 16 (int6: two words of low nibbles, one of the top two bits; csrc/model.hpp).
+``unpack_matrix`` gives back the float32 values a packed matrix stands for.
 
 The engine reads the packed arrays in place, like any other parameter.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,12 +39,20 @@ FORMATS = ("bf16", "int8", "int4")  # what pack_params packs a model as
 MATRIX_FORMATS = ("bf16", "int8", "int4", "int6")  # what a packed matrix may be (int6: int4's wte)
 QUANT_BLOCK = 32  # must match kQuantBlock in csrc/model.hpp
 PANEL_COLUMNS = 64  # must match kPanelColumns in csrc/model.hpp
-# Per quantized format (csrc/model.hpp): q's range, the offset it is stored with, values of d_in
-# per group, and words of four bytes per column per group.
-_RANGE = {"int8": (-127, 127), "int4": (-8, 7), "int6": (-32, 31)}
-_OFFSET = {"int8": 128, "int4": 8, "int6": 32}
-_GROUP = {"int8": 4, "int4": 8, "int6": 16}
-_WORDS = {"int8": 1, "int4": 1, "int6": 3}
+
+
+class _Quantized(NamedTuple):
+    """A quantized format (csrc/model.hpp): q's range, the offset it is stored with, values of
+    d_in per group, and words of four bytes per column per group."""
+    lo: int
+    hi: int
+    offset: int
+    group: int
+    words: int
+
+
+_QUANTIZED = {"int8": _Quantized(-127, 127, 128, 4, 1), "int4": _Quantized(-8, 7, 8, 8, 1),
+              "int6": _Quantized(-32, 31, 32, 16, 3)}
 
 
 def float_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -73,7 +83,7 @@ def quantize(w: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     padded = np.zeros((_ceil_to(d_in, QUANT_BLOCK), d_out), np.float32)
     padded[:d_in] = w
     blocks = padded.reshape(-1, QUANT_BLOCK, d_out)
-    lo, hi = _RANGE[dtype]
+    lo, hi = _QUANTIZED[dtype].lo, _QUANTIZED[dtype].hi
     with np.errstate(over="ignore", invalid="ignore"):  # an infinite scale is refused below
         if dtype == "int8":
             scales = (np.abs(blocks).max(axis=1) / hi).astype(np.float16)
@@ -127,11 +137,12 @@ def _layout(q: np.ndarray, scales: np.ndarray, dtype: str) -> tuple[np.ndarray, 
     d_in, d_out = q.shape
     rows, cols = _ceil_to(d_in, QUANT_BLOCK), _ceil_to(d_out, PANEL_COLUMNS)
     panels = cols // PANEL_COLUMNS
-    offset = _OFFSET[dtype]
+    fmt = _QUANTIZED[dtype]
+    offset = fmt.offset
     stored = np.full((rows, cols), offset, np.uint8)
     stored[:d_in, :d_out] = (q.astype(np.int16) + offset).astype(np.uint8)
     # [group, quad, k % 4, panel, column] → [quad, panel, group, column, k % 4]
-    quads = stored.reshape(rows // _GROUP[dtype], -1, 4, panels, PANEL_COLUMNS).transpose(1, 3, 0, 4, 2)
+    quads = stored.reshape(rows // fmt.group, -1, 4, panels, PANEL_COLUMNS).transpose(1, 3, 0, 4, 2)
     if dtype == "int8":
         words = [quads[0]]
     else:  # each word's low nibbles hold an even quad, its high ones the next
@@ -143,23 +154,23 @@ def _layout(q: np.ndarray, scales: np.ndarray, dtype: str) -> tuple[np.ndarray, 
     padded_scales = np.zeros((rows // QUANT_BLOCK, cols), scales.dtype)
     padded_scales[:, :d_out] = scales
     scale_layout = padded_scales.reshape(rows // QUANT_BLOCK, panels, PANEL_COLUMNS).transpose(1, 0, 2)
-    return (np.ascontiguousarray(data.reshape(panels, rows // _GROUP[dtype], -1)),
+    return (np.ascontiguousarray(data.reshape(panels, rows // fmt.group, -1)),
             np.ascontiguousarray(scale_layout))
 
 
 def _values(m: dict) -> np.ndarray:
     """The float32 w[d_in, d_out] a quantized dict (in the reduce-over-rows view) stands for."""
     dtype, data, scales = m["format"], m["data"], m["scales"]
-    panels = data.shape[0]
-    words = data.reshape(panels, data.shape[1], _WORDS[dtype], PANEL_COLUMNS, 4)
+    panels, fmt = data.shape[0], _QUANTIZED[dtype]
+    words = data.reshape(panels, data.shape[1], fmt.words, PANEL_COLUMNS, 4)
     if dtype == "int8":
         quads = [words[:, :, 0]]
     else:
-        quads = [words[:, :, i // 2] >> (4 * (i % 2)) & 0x0F for i in range(_GROUP[dtype] // 4)]
+        quads = [words[:, :, i // 2] >> (4 * (i % 2)) & 0x0F for i in range(fmt.group // 4)]
         if dtype == "int6":
             quads = [quad | ((words[:, :, 2] >> (2 * i) & 3) << 4) for i, quad in enumerate(quads)]
     # [panel, group, column, quad, k % 4] → [group, quad, k % 4, panel, column]
-    q = np.stack(quads, axis=3).transpose(1, 3, 4, 0, 2).astype(np.int16) - _OFFSET[dtype]
+    q = np.stack(quads, axis=3).transpose(1, 3, 4, 0, 2).astype(np.int16) - fmt.offset
     q = q.reshape(-1, panels * PANEL_COLUMNS)
     step = scales.astype(np.float32).transpose(1, 0, 2).reshape(-1, panels * PANEL_COLUMNS)
     return q.astype(np.float32) * np.repeat(step, QUANT_BLOCK, axis=0)
@@ -226,7 +237,7 @@ def pack_params(params: dict, dtype: str) -> dict:
         raise TypeError("pack_params takes float32 parameters (an unpacked picoGPT params dict)")
     # int4 keeps the tied wte (the input embedding and the output projection) in int6, as
     # llama.cpp's q4_0 keeps it in 6 bits (q6_K): in 4 bits it alone made the mean KL 17% larger,
-    # in 6 bits ~1% (against 8 bits), for 12% fewer bytes a token than an int8 wte.
+    # in 6 bits ~1% (against 8 bits), for 11% fewer bytes a token than an int8 wte.
     wte_dtype = "int6" if dtype == "int4" else dtype
     return _map_matrices(params, lambda w: pack_matrix(w, wte_dtype, reduce_axis=1),
                          lambda w: pack_matrix(w, dtype, reduce_axis=0))
