@@ -50,6 +50,16 @@ struct VectorQuantizedLinear {
   // Blocks whose largest |x| is below 2^kTiny count as zero (their 2^e would overflow float32);
   // such activations change no sum by more than ~1e-30 of a weight.
   static constexpr int kTiny = -100;
+  static constexpr int kMantissaBits = 23;
+  static constexpr int32_t kInfBits = 0x7f800000;
+
+  // 2^e for e in float32's normal range (|e| ≤ kBits − kTiny here).
+  static float power_of_two(int e) {
+    const int32_t bits = (e + 127) << kMantissaBits;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+  }
 
   // x[n, d_in] as digits, per row: digits [kPlanes][blocks·kQuantBlock] (high plane first),
   // the value of one unit of X per block (2^-e; 0 for a zero block, NaN if the block holds inf
@@ -95,20 +105,19 @@ struct VectorQuantizedLinear {
       v[i] =
           k + W <= d_in ? F32::load(row + k) : F32::load(row + k, F32::mask(std::max(0, d_in - k)));
     }
-    V largest = F32::abs(v[0]), total = v[0];
-    for (int i = 1; i < kVecs; ++i) {
-      largest = F32::max(largest, F32::abs(v[i]));
-      total = F32::add(total, v[i]);
-    }
-    const float m = F32::max_all(largest);
+    // The largest |x| by its bits (one integer maximum that also tells inf or NaN), its frexp
+    // exponent and the powers of two below from bits too: libm's frexp and ldexp and a second
+    // reduction per block took ~3/4 of this function's time (5.7 → 1.7 µs a decode linear).
+    I largest = F32::abs_bits(v[0]);
+    for (int i = 1; i < kVecs; ++i) largest = F32::imax(largest, F32::abs_bits(v[i]));
+    const int32_t m_bits = F32::imax_all(largest);
     float& unit = a.unit[size_t(r) * a.blocks + b];
     int32_t* sums = a.digit_sums + (size_t(r) * a.blocks + b) * kPlanes;
     int8_t* out[kPlanes];
     for (int p = 0; p < kPlanes; ++p) out[p] = a.plane(r, p) + k0;
-    const bool finite = std::isfinite(m) && std::isfinite(F32::sum(total));
-    int exponent = 0;
-    if (finite) std::frexp(m, &exponent);
-    if (!finite || m == 0 || exponent < kTiny) {
+    const bool finite = m_bits < kInfBits;
+    const int exponent = (m_bits >> kMantissaBits) - 126;  // m = f·2^exponent, f in [0.5, 1)
+    if (!finite || exponent < kTiny) {  // zero and subnormal m included (exponent ≤ −126)
       unit = finite ? 0.0f : NAN;
       for (int p = 0; p < kPlanes; ++p) {
         std::memset(out[p], 0, kQuantBlock);
@@ -117,8 +126,8 @@ struct VectorQuantizedLinear {
       return;
     }
     const int e = kBits - exponent;  // m·2^e in [2^(kBits − 1), 2^kBits)
-    unit = std::ldexp(1.0f, -e);
-    const V scale = F32::set1(std::ldexp(1.0f, e));
+    unit = power_of_two(-e);
+    const V scale = F32::set1(power_of_two(e));
     const I low_mask = F32::iset1(kBase - 1), half = F32::iset1(kBase / 2);
     I digit_sum[kPlanes];
     for (int p = 0; p < kPlanes; ++p) digit_sum[p] = F32::izero();

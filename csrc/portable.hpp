@@ -175,10 +175,9 @@ void quantized_linear(const float* x, int n, const LinearWeights<float>& lin, fl
       float acc = 0;
       for (int b = 0; b < m.blocks; ++b) {
         const int k0 = b * kQuantBlock, k1 = std::min(lin.d_in, k0 + kQuantBlock);
-        float s = 0;
-        for (int k = k0; k < k1; ++k)
-          s += xr[k] * float(Format::q(m.group_bytes(k, j), k % Format::kGroup));
-        acc += m.scale(b, j) * s;
+        const float scale = m.scale(b, j);
+        for (int k = k0; k < k1; ++k)  // scale·q is the weight exactly (float16 · ≤ 8 bits)
+          acc += xr[k] * (scale * float(Format::q(m.group_bytes(k, j), k % Format::kGroup)));
       }
       out[size_t(r) * lin.d_out + j] = lin.b ? acc + lin.b[j] : acc;
     }

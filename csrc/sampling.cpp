@@ -28,13 +28,19 @@ uint64_t splitmix64(uint64_t& state) {
 uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 // Index of the largest score, ties to the lowest index and the first NaN winning, as np.argmax.
-int32_t argmax(const std::vector<double>& scores) {
-  int32_t best = 0;
-  for (int32_t i = 0; i < static_cast<int32_t>(scores.size()); ++i) {
-    if (std::isnan(scores[i])) return i;
-    if (scores[i] > scores[best]) best = i;
+// Two passes the compiler vectorizes (one scan stopping at a NaN is not): the largest value and
+// whether there is a NaN, then the first index holding it.
+template <typename T>
+int32_t argmax(const T* scores, int32_t n) {
+  T largest = scores[0];
+  bool has_nan = false;
+  for (int32_t i = 0; i < n; ++i) {
+    has_nan |= scores[i] != scores[i];
+    largest = scores[i] > largest ? scores[i] : largest;
   }
-  return best;
+  for (int32_t i = 0; i < n; ++i)
+    if (has_nan ? scores[i] != scores[i] : scores[i] == largest) return i;
+  return 0;
 }
 
 double max_finite(const std::vector<double>& scores) {
@@ -189,6 +195,12 @@ void Sampler::observe(int32_t token) {
 template <typename T>
 int32_t Sampler::choose(const T* logits, int n_top_logprobs, TokenLogprob* chosen,
                         std::vector<TokenLogprob>* top) {
+  if (options_.greedy() && n_top_logprobs < 0 && !options_.changes_logits()) {
+    // The argmax of the logits themselves: the same token, without a pass writing scores_.
+    const int32_t token = argmax(logits, n_vocab_);
+    observe(token);
+    return token;
+  }
   penalize(logits);
   if (!options_.greedy()) apply_temperature();
 
@@ -207,13 +219,14 @@ int32_t Sampler::choose(const T* logits, int n_top_logprobs, TokenLogprob* chose
 
   int32_t token;
   if (options_.greedy()) {
-    token = argmax(scores_);
+    token = argmax(scores_.data(), n_vocab_);
   } else {
     truncate();
     const double m = max_finite(scores_);
     double total = 0;
     for (double s : scores_) total += std::exp(s - m);
-    token = argmax(scores_);  // the fallback when the scores are not a distribution (NaN)
+    // The fallback when the scores are not a distribution (NaN).
+    token = argmax(scores_.data(), n_vocab_);
     if (std::isfinite(total) && total > 0) {
       // Inverse CDF over the token ids in order.
       const double u = rng_.uniform() * total;
@@ -238,7 +251,7 @@ std::vector<double> Sampler::probabilities(const T* logits) {
   penalize(logits);
   std::vector<double> probs(n_vocab_, 0.0);
   if (options_.greedy()) {
-    probs[argmax(scores_)] = 1.0;
+    probs[argmax(scores_.data(), n_vocab_)] = 1.0;
     return probs;
   }
   apply_temperature();

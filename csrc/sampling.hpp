@@ -25,6 +25,11 @@ struct SamplingOptions {
   // Throws std::invalid_argument naming the bad option.
   void validate(int n_vocab) const;
   bool greedy() const { return temperature == 0.0; }
+  // Whether logit bias or a penalty makes the scores differ from the logits.
+  bool changes_logits() const {
+    return !logit_bias.empty() || repetition_penalty != 1.0 || presence_penalty != 0.0 ||
+           frequency_penalty != 0.0;
+  }
 };
 
 // xoshiro256** (Blackman & Vigna), seeded through splitmix64: the same stream on every platform

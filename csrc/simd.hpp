@@ -170,6 +170,10 @@ struct Vec<float> {
     return _mm512_srai_epi32(a, kBits);
   }
   static int32_t isum(I v) { return _mm512_reduce_add_epi32(v); }
+  // |v|'s bits as integers order as the values do, with inf and then NaN above every finite one.
+  static I abs_bits(V v) { return _mm512_castps_si512(abs(v)); }
+  static I imax(I a, I b) { return _mm512_max_epi32(a, b); }
+  static int32_t imax_all(I v) { return _mm512_reduce_max_epi32(v); }
   // The W lanes' low bytes (each lane in [-128, 127]) to p[0 .. W).
   static void store_bytes(int8_t* p, I v) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
@@ -322,6 +326,14 @@ struct Vec<float> {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
     return _mm_cvtsi128_si32(s);
+  }
+  static I abs_bits(V v) { return _mm256_castps_si256(abs(v)); }
+  static I imax(I a, I b) { return _mm256_max_epi32(a, b); }
+  static int32_t imax_all(I v) {
+    __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1));
+    return _mm_cvtsi128_si32(m);
   }
   static void store_bytes(int8_t* p, I v) {
     const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(v, v), _mm256_setzero_si256());

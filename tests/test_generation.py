@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 import engine_requests
 import gpt2gen
-from gpt2gen import _core, reference
+from gpt2gen import _core, _testing, reference
 from gpt2gen.engine import processed_probabilities
+from gpt2gen.options import generation_options
 from random_models import random_params
 
 
@@ -137,6 +138,20 @@ def test_sampling_follows_the_distribution(params):
     counts = np.bincount([d[0] for d in draws], minlength=len(probs)) / 4000
     assert np.abs(counts - probs).max() < 0.03
     assert set(np.nonzero(counts)[0]) <= set(np.nonzero(probs)[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.sampled_from([0.0, 1.0, -1.0, 2.5, 1e30, np.inf, -np.inf, np.nan]),
+                       min_size=1, max_size=80),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_greedy_choice_is_numpys_argmax(values, dtype):
+    """Greedy decoding picks np.argmax of the scores (ties to the lowest id, the first NaN
+    winning), both straight from the logits and through the processed scores (a zero bias)."""
+    logits = np.array(values, dtype)
+    want = int(np.argmax(logits))
+    for sampling in ({}, {"logit_bias": {len(values) - 1: 0.0}}):
+        options = generation_options(0, **sampling)
+        assert _testing.choose_token(logits, [], [], options) == want
 
 
 # --- batching --------------------------------------------------------------------------------

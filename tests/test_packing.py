@@ -211,6 +211,22 @@ def test_packed_linear_propagates_nan_and_inf(fmt):
     assert np.isfinite(out[2]).all()
 
 
+@pytest.mark.parametrize("fmt", MATRIX_FORMATS)
+def test_packed_linear_takes_activations_near_float32s_largest(fmt, every_backend):
+    """Blocks of activations whose sum overflows float32 are still finite numbers: each is
+    written against its block's largest |x|, whatever the block's sum."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((80, 8)) * 1e-3).astype(np.float32)
+    lin = {"w": pack_matrix(w, fmt, reduce_axis=0), "b": np.zeros(8, np.float32)}
+    x = rng.uniform(1e37, 3e37, (2, 80)).astype(np.float32)
+    x[1, ::2] *= -1
+    assert np.isinf(x[0, :32].sum(dtype=np.float32))
+    got = _testing.packed_linear(x, lin, 8)
+    values = unpack_matrix(lin["w"], reduce_axis=0).astype(np.float64)
+    want = x.astype(np.float64) @ values
+    assert np.all(np.abs(got - want) <= 2.0**-18 * (np.abs(x) @ np.abs(values)))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("config", [(1, 32, 4, 101), (2, 48, 3, 257), (3, 64, 8, 1000), (2, 40, 5, 77)])
 def test_packed_engine_matches_reference_on_the_unpacked_values(fmt, config, every_backend):

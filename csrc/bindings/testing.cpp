@@ -20,10 +20,11 @@ namespace gpt2gen::bindings {
 
 namespace {
 
-// The distribution sampling draws from after every processor, for tests against transformers.
-py::array processed_probabilities(py::handle logits_obj, py::handle prompt_obj,
-                                  py::handle output_obj, const GenerationOptions& options) {
-  return dispatch_array(logits_obj, [&](auto t) -> py::array {
+// run(sampler, logits) on a Sampler set up with options, the prompt and the output so far.
+template <typename Run>
+auto with_sampler(py::handle logits_obj, py::handle prompt_obj, py::handle output_obj,
+                  const GenerationOptions& options, Run&& run) {
+  return dispatch_array(logits_obj, [&](auto t) {
     using T = decltype(t);
     if (py::reinterpret_borrow<py::array>(logits_obj).ndim() != 1)
       throw py::value_error("logits must be 1-D");
@@ -33,9 +34,27 @@ py::array processed_probabilities(py::handle logits_obj, py::handle prompt_obj,
     options.sampling.validate(n_vocab);
     Sampler sampler(options.sampling, n_vocab, token_ids(prompt_obj, n_vocab, "prompt_ids"));
     for (int32_t token : token_ids(output_obj, n_vocab, "output_ids")) sampler.observe(token);
-    const std::vector<double> probs = sampler.probabilities(logits.data());
-    return py::array(py::ssize_t(probs.size()), probs.data());
+    return run(sampler, logits.data());
   });
+}
+
+// The distribution sampling draws from after every processor, for tests against transformers.
+py::array processed_probabilities(py::handle logits_obj, py::handle prompt_obj,
+                                  py::handle output_obj, const GenerationOptions& options) {
+  return with_sampler(logits_obj, prompt_obj, output_obj, options,
+                      [](Sampler& sampler, const auto* logits) {
+                        const std::vector<double> probs = sampler.probabilities(logits);
+                        return py::array(py::ssize_t(probs.size()), probs.data());
+                      });
+}
+
+// The token the scheduler would choose from these logits.
+int32_t choose_token(py::handle logits_obj, py::handle prompt_obj, py::handle output_obj,
+                     const GenerationOptions& options) {
+  return with_sampler(logits_obj, prompt_obj, output_obj, options,
+                      [](Sampler& sampler, const auto* logits) {
+                        return sampler.choose(logits, -1, nullptr, nullptr);
+                      });
 }
 
 // --- kernels, one by one, for the tests against the NumPy reference -------------------------
@@ -213,6 +232,8 @@ PYBIND11_MODULE(_testing, m) {
   py::module_::import("gpt2gen._core");  // GenerationOptions
   m.def("processed_probabilities", &processed_probabilities, py::arg("logits"),
         py::arg("prompt_ids"), py::arg("output_ids"), py::arg("options"));
+  m.def("choose_token", &choose_token, py::arg("logits"), py::arg("prompt_ids"),
+        py::arg("output_ids"), py::arg("options"));
   m.def("cached_decode_logits", &cached_decode_logits, py::arg("model"), py::arg("prompt"),
         py::arg("n_steps"), py::arg("chunk_rows") = 256);
   bind_kernels(m);
