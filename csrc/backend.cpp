@@ -155,4 +155,11 @@ int num_threads() {
 
 void set_num_threads(int n) { thread_count.store(n > 0 ? n : default_threads()); }
 
+void release_thread_pool() {
+#ifdef _OPENMP
+  // A forked child's stale pool lists workers that do not exist: freeing it would wait for them.
+  if (!openmp_pool_is_stale) omp_pause_resource_all(omp_pause_soft);
+#endif
+}
+
 }  // namespace gpt2gen

@@ -69,4 +69,19 @@ void set_thread_limit(int n);
 // The threads of the calling thread's parallel regions: threads_allowed() under its limit.
 int num_threads();
 
+// Frees the calling thread's OpenMP worker threads. libgomp keeps workers for every thread that
+// ran a parallel region, and while the process holds more of them than there are CPUs its waits
+// barely spin: each region's start and end then sleep and wake (decode on 2 cores measured ~2×
+// slower beside one idle pool). Calls that compute on their caller's thread (forward, score)
+// free it when they end, so that only the schedulers' threads keep workers.
+void release_thread_pool();
+
+// release_thread_pool() when the scope ends, however it ends.
+struct ThreadPoolReleaser {
+  ThreadPoolReleaser() = default;
+  ThreadPoolReleaser(const ThreadPoolReleaser&) = delete;
+  ThreadPoolReleaser& operator=(const ThreadPoolReleaser&) = delete;
+  ~ThreadPoolReleaser() { release_thread_pool(); }
+};
+
 }  // namespace gpt2gen

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <string>
 
+#include "backend.hpp"
 #include "forward_pass.hpp"
 #include "memory.hpp"
 #include "token_scores.hpp"
@@ -208,6 +209,7 @@ void Scheduler<T>::loop() {
   std::vector<Queued> admitted;
   for (;;) {
     admitted.clear();
+    if (running_.empty()) release_thread_pool();  // idle: hold no workers (backend.hpp)
     {
       std::unique_lock<std::mutex> lock(inbox_->mutex);
       inbox_->cv.wait(lock, [this] {

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend.hpp"
 #include "forward_pass.hpp"
 #include "thread_governor.hpp"
 #include "token_scores.hpp"
@@ -32,6 +33,7 @@ template <typename T, typename Consume>
 void in_chunks(const Weights<T>& weights, const std::vector<int32_t>& ids, T* logits_buffer,
                bool advance_buffer, const std::function<void()>& between_chunks,
                Consume&& consume) {
+  const ThreadPoolReleaser caller_thread;  // see release_thread_pool
   const int n = static_cast<int>(ids.size());
   const int chunk_rows = std::min(n, kWholeSequenceChunk);
   KVCache<T> cache(weights, n);

@@ -343,3 +343,40 @@ def test_one_request_consumed_from_several_threads():
         print("ok")
     """, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-3000:])
+
+
+def test_idle_engine_keeps_no_openmp_workers():
+    """libgomp keeps worker threads for every thread that ran a parallel region, and while a
+    process holds more of them than CPUs its waits stop spinning, which made decode ~2× slower
+    after one forward() on another thread. forward and score free their caller's workers when
+    they end; a scheduler frees its own when it has nothing to run."""
+    out = run_isolated("""
+        import os, time
+        gpt2gen.set_num_threads(3)  # workers even on a 1-CPU machine
+        params = random_params(np.random.default_rng(0), n_layer=2, n_embd=64, n_head=4, n_vocab=300, n_ctx=128)
+        model = gpt2gen._core.Model(params, 4)
+
+        def threads():
+            return len(os.listdir("/proc/self/task"))
+
+        def settles_at(n):  # workers exit asynchronously; the scheduler frees its own after the finish
+            deadline = time.monotonic() + 10
+            while threads() != n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return threads()
+
+        before = threads()
+        model.forward(list(range(1, 60)))
+        model.score(list(range(1, 60)))
+        after_calls = settles_at(before)
+        scheduler = gpt2gen._core.Scheduler(model, max_batch=1, max_queue=1)
+        options = gpt2gen.options.generation_options(20)
+        [request] = scheduler.submit([[1, 2, 3]], [options], seeds=[0], together=True, what="inputs")
+        while not request.finished:
+            request.wait(0.05)
+        print(before, after_calls, settles_at(before + 1))
+    """)
+    assert out.returncode == 0, out.stderr
+    before, after_calls, settled = map(int, out.stdout.split())
+    assert after_calls == before
+    assert settled == before + 1  # the scheduler's own thread only

@@ -204,6 +204,7 @@ py::array cached_decode_logits(const Model& model, py::handle prompt_obj, int n_
     py::array_t<T> out({py::ssize_t(n_steps), py::ssize_t(w.n_vocab)});
     T* logits = out.mutable_data();
     py::gil_scoped_release release;
+    const ThreadPoolReleaser caller_thread;  // as the engine's own whole-sequence calls
     KVCache<T> cache(w, static_cast<int>(tokens.size()) + n_steps);
     Workspace<T> workspace(w, chunk_rows, cache.capacity);
     for (int step = 0; step < n_steps; ++step) {
