@@ -107,6 +107,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
 
 import numpy as np  # noqa: E402
 from random_weights import gpt2_params  # noqa: E402
+from read_bandwidth import probe_matrix, read_bandwidth  # noqa: E402
 from weight_bytes import weight_bytes_per_token  # noqa: E402
 
 import gpt2gen  # noqa: E402
@@ -271,19 +272,6 @@ def timed_generate(fn, prompt, n_new):
     return ttft, rate, tokens
 
 
-def bandwidth_probe(a, repeats=3):
-    """Read bandwidth (GB/s) of OpenBLAS sgemv over a 1 GiB float32 matrix (OPENBLAS_NUM_THREADS
-    threads): the median of a few passes. Run again in every repeat, next to the engines."""
-    v = np.ones(a.shape[1], np.float32)
-    a @ v
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ v
-        rates.append(a.nbytes / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates)
-
-
 def seconds(call, *args) -> float:
     """Wall time of one ``call(*args)``."""
     t = time.perf_counter()
@@ -383,8 +371,8 @@ def main():
     if env["OPENBLAS_CORETYPE"] == "unset" and env["OPENBLAS_L2_SIZE"] == "unset":
         print("  (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for this run: NumPy/OpenBLAS picks "
               "its own kernels for this CPU)")
-    probe_array = np.ones((256 * 1024, 1024), np.float32)  # 1 GiB, for the bandwidth probe
-    bw_runs, loads = [bandwidth_probe(probe_array, 3)], [os.getloadavg()[0]]
+    probe_array = probe_matrix()
+    bw_runs, loads = [read_bandwidth(probe_array)], [os.getloadavg()[0]]
     print(f"read-bandwidth probe (sgemv, 1 GiB, {args.threads} threads): {bw_runs[0]:.1f} GB/s; "
           f"load average {loads[0]:.2f}")
 
@@ -424,7 +412,7 @@ def main():
                 time.sleep(SETTLE_S)
                 raw[name].append(measure_engine(name, runners.get(name), batch_runners.get(name),
                                                 params, n_head, args, p32, p128, batch8, rep == 0))
-            bw_runs.append(bandwidth_probe(probe_array))
+            bw_runs.append(read_bandwidth(probe_array))
             loads.append(os.getloadavg()[0])
             line = "  ".join(f"{n}={fmt(raw[n][-1].get('decode'))}" for n in engines)
             print(f"  repeat {rep + 1}/{args.repeats}: decode tok/s {line}; probe {bw_runs[-1]:.1f} GB/s,"

@@ -19,7 +19,11 @@ int8 / q8_0, int4 / q4_0. Batch 1, the same thread count for both (``--threads``
 * prefill-128 tok/s (fp32 / f32): llama-bench ``-p 128 -n 0``; gpt2gen: 128 / the time of a
   generate() call on a 128-token prompt for 1 token;
 * weights GB/s: bytes of gpt2gen's weights one decode step reads (weight_bytes_per_token) × tok/s,
-  at the smallest depth, and its fraction of fp32's;
+  at the smallest depth, and its fraction of fp32's; the same for llama.cpp (its GGUF's tensors
+  but the two embeddings, of which a step reads a row each: ``gguf_bytes_per_token``);
+* read bandwidth: OpenBLAS sgemv over 1 GiB after each round (``read_bandwidth.py``), and what
+  each decode target asks of it: the target's tok/s × gpt2gen's weights a token. A target that
+  asks for more than the machine reads cannot be met by streaming the weights faster;
 * where gpt2gen has the opt-in bf16 KV cache (``kv_cache_dtype``), a row "fp32+bf16kv": float32
   weights with it, against the same llama.cpp f32 run.
 
@@ -46,6 +50,7 @@ from pathlib import Path
 
 import llama_cpp_tools
 import numpy as np
+from read_bandwidth import probe_matrix, read_bandwidth
 from weight_bytes import weight_bytes_per_token
 
 import gpt2gen
@@ -58,6 +63,9 @@ DECODE_TARGET = {"fp32": 1.0, "bf16": 1.25, "int8": 1.5, "int4": 1.3}
 GBS_TARGET = {"bf16": 0.90, "int8": 0.85, "int4": 0.75}
 PREFILL_TARGET = 1.0
 LONG_CONTEXT_TARGET = 0.60  # decode at the deepest depth over decode at the shallowest
+# OpenBLAS's threads spin for a while after the bandwidth probe, taking the cores from what runs
+# next (bench_generate.py measured gpt2gen's prefill at half speed right after it).
+SETTLE_S = 1.0
 
 
 @dataclass
@@ -182,7 +190,8 @@ def run(args) -> dict:
 
     samples = {"gpt2gen": {r.label: {d: [] for d in depths} for r in selected},
                "llama.cpp": {p: {d: [] for d in depths} for p in peers},
-               "prefill": {"gpt2gen": [], "llama.cpp": []}}
+               "prefill": {"gpt2gen": [], "llama.cpp": []}, "read_bandwidth": []}
+    probe = probe_matrix()
     groups = [(peer, [r for r in selected if r.peer == peer]) for peer in peers]
     groups += [(None, [r for r in selected if r.peer is None])] if any(r.peer is None for r in selected) else []
     for round_ in range(args.rounds):
@@ -208,9 +217,13 @@ def run(args) -> dict:
             if peer:
                 line += f"  | llama.cpp {peer} {samples['llama.cpp'][peer][depths[0]][-1]:.1f}"
             print(f"  round {round_ + 1}/{args.rounds}, depth {depths[0]} tok/s: {line}", flush=True)
+        samples["read_bandwidth"].append(read_bandwidth(probe))
+        print(f"  round {round_ + 1}/{args.rounds}, read bandwidth {samples['read_bandwidth'][-1]:.1f} GB/s", flush=True)
+        time.sleep(SETTLE_S)
 
     return {"depths": depths, "samples": samples,
             "weight_bytes": {r.label: weight_bytes_per_token(params[r.weights]) for r in selected},
+            "peer_weight_bytes": {peer: llama_cpp_tools.gguf_bytes_per_token(gguf_files[peer]) for peer in peers},
             "rows": [vars(r) for r in selected],
             "llama_bench_version": subprocess.run([str(bench), "--version"], capture_output=True,
                                                   text=True).stderr.strip().splitlines()}
@@ -229,6 +242,15 @@ def summarise(results) -> dict:
                             for peer, by_depth in s["llama.cpp"].items()}}
     prefill = {engine: statistics.median(v) for engine, v in s["prefill"].items() if v}
     gbs = {label: results["weight_bytes"][label] * median["gpt2gen"][label][low] / 1e9 for label in median["gpt2gen"]}
+    peer_gbs = {peer: results["peer_weight_bytes"][peer] * median["llama.cpp"][peer][low] / 1e9
+                for peer in median["llama.cpp"]}
+    read_gbs = statistics.median(s["read_bandwidth"])
+    # What each decode target asks of the memory: the target's tok/s times our bytes a token,
+    # against the machine's read bandwidth measured in the same run.
+    needs = [{"label": row["label"], "peer": row["peer"], "target": DECODE_TARGET[row["label"]],
+              "gbs": DECODE_TARGET[row["label"]] * median["llama.cpp"][row["peer"]][low]
+              * results["weight_bytes"][row["label"]] / 1e9}
+             for row in results["rows"] if row["peer"] and row["label"] in DECODE_TARGET]
     checks = []
 
     def check(text, value, goal):
@@ -249,7 +271,8 @@ def summarise(results) -> dict:
     if len(prefill) == 2:
         check(f"fp32 prefill-{PREFILL_TOKENS} ≥ {PREFILL_TARGET:.2f}× llama.cpp f32",
               prefill["gpt2gen"] / prefill["llama.cpp"], PREFILL_TARGET)
-    return {"median": median, "prefill": prefill, "gbs": gbs, "checks": checks}
+    return {"median": median, "prefill": prefill, "gbs": gbs, "peer_gbs": peer_gbs, "read_gbs": read_gbs,
+            "needs": needs, "checks": checks}
 
 
 def report(args, results, summary, load) -> str:
@@ -268,7 +291,8 @@ def report(args, results, summary, load) -> str:
              f"llama.cpp: {' '.join(results['llama_bench_version'])}", "",
              "decode tok/s, gpt2gen / llama.cpp (ratio):", "",
              "| gpt2gen / llama.cpp | " + " | ".join(f"depth {d}" for d in depths)
-             + f" | depth {high} / {low} (gpt2gen; llama.cpp) | weights MB/token | GB/s (depth {low}) | of fp32's GB/s |",
+             + f" | depth {high} / {low} (gpt2gen; llama.cpp) | weights MB/token (gpt2gen; llama.cpp) "
+             f"| weights GB/s at depth {low} (gpt2gen; llama.cpp) | of fp32's GB/s |",
              "|---|" + "---|" * len(depths) + "---|---|---|---|"]
     for row in results["rows"]:
         label, peer = row["label"], row["peer"]
@@ -279,12 +303,20 @@ def report(args, results, summary, load) -> str:
         long_ctx = "–" if high == low else (f"{ours[high] / ours[low]:.2f}"
                                              + (f"; {theirs[high] / theirs[low]:.2f}" if theirs else ""))
         share = f"{gbs[label] / gbs['fp32']:.0%}" if "fp32" in gbs else "–"
-        lines.append(f"| {label} / {peer or '–'} | " + " | ".join(cells)
-                     + f" | {long_ctx} | {results['weight_bytes'][label] / 1e6:.0f} | {gbs[label]:.1f} | {share} |")
+        mb = f"{results['weight_bytes'][label] / 1e6:.0f}" + (
+            f"; {results['peer_weight_bytes'][peer] / 1e6:.0f}" if theirs else "")
+        rate = f"{gbs[label]:.1f}" + (f"; {summary['peer_gbs'][peer]:.1f}" if theirs else "")
+        lines.append(f"| {label} / {peer or '–'} | " + " | ".join(cells) + f" | {long_ctx} | {mb} | {rate} | {share} |")
     prefill = summary["prefill"]
     if len(prefill) == 2:
         lines += ["", f"prefill-{PREFILL_TOKENS} tok/s, fp32 / f32: gpt2gen {prefill['gpt2gen']:.0f}, llama.cpp "
                       f"{prefill['llama.cpp']:.0f} ({prefill['gpt2gen'] / prefill['llama.cpp']:.2f}×)"]
+    reads = results["samples"]["read_bandwidth"]
+    lines += ["", f"read bandwidth (OpenBLAS sgemv over 1 GiB, once a round): median {summary['read_gbs']:.1f} GB/s "
+                  f"(runs: {', '.join(f'{r:.1f}' for r in reads)}). What each decode target asks (its tok/s × "
+                  f"gpt2gen's weights a token, at depth {low}):"]
+    lines += [f"- {n['label']} ≥ {n['target']:.2f}× llama.cpp {n['peer']}: {n['gbs']:.1f} GB/s, "
+              f"{n['gbs'] / summary['read_gbs']:.0%} of the measured read bandwidth" for n in summary["needs"]]
     lines.append("")
     for c in summary["checks"]:
         lines.append(f"- {'PASS' if c['pass'] else 'FAIL'} {c['text']}: {c['value']:.2f} (goal {c['goal']:.2f})")

@@ -178,6 +178,18 @@ def write_gguf(path: Path, params: dict, n_head: int, tokens: list, merges: list
     return path
 
 
+def gguf_bytes_per_token(path: Path) -> int:
+    """Bytes of weights a batch-1 decode step of llama.cpp reads from a GGUF written by
+    ``write_gguf``: every tensor but the two embeddings, of which it reads one row each (the
+    tied output matrix is its own tensor, output.weight), as ``weight_bytes_per_token``."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+    embeddings = [tensors.pop(name) for name in ("token_embd.weight", "position_embd.weight")]
+    return sum(int(t.n_bytes) for t in tensors.values()) + sum(int(t.n_bytes) // int(t.shape[1])
+                                                               for t in embeddings)
+
+
 def quantized(quantizer: Path, f32: Path, llama_type: str) -> Path:
     """The f32 GGUF ``f32`` as ``llama_type`` (f16, q8_0, q4_0, ...), next to it (made once);
     ``f32`` itself for f32. llama-quantize's own choices stand (q4_0 keeps output.weight in q6_K)."""
