@@ -28,6 +28,12 @@ bool Request::wait(double seconds) {
   return cv_.wait_for(lock, std::chrono::duration<double>(seconds), ready);
 }
 
+bool Request::wait_finished(double seconds) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return finished_cv_.wait_for(lock, std::chrono::duration<double>(seconds),
+                               [this] { return finish_ != FinishReason::none; });
+}
+
 void Request::stop(FinishReason reason) {
   FinishReason expected = FinishReason::none;
   if (stop_.compare_exchange_strong(expected, reason) && wake_scheduler_) wake_scheduler_();
@@ -61,6 +67,7 @@ void Request::publish_finish(FinishReason reason) {
     finish_ = reason;
   }
   notify();
+  finished_cv_.notify_all();
 }
 
 void Request::notify() { cv_.notify_all(); }

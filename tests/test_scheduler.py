@@ -315,3 +315,25 @@ def test_every_backend_and_format_is_batch_and_chunk_invariant(fmt, kv_cache_dty
     together = [engine_requests.collect(r) for r in requests]
     scheduler.shutdown()
     assert together == alone
+
+
+def test_wait_until_finished_sleeps_through_the_steps(model_dir):
+    """A consumer that reads the tokens only at the end (generate() without a callback, stop
+    strings or a cancel token) waits with until_finished and is not woken at every step: the
+    wait returns once the request finished, with all its tokens, not at the first one."""
+    from gpt2gen.options import generation_options
+
+    model = GPT2.from_pretrained(model_dir, max_batch=1)
+    try:
+        scheduler = _core.Scheduler(model.engine, max_batch=1, max_queue=1)
+        [request] = scheduler.submit([[1, 2, 3]], [generation_options(60)], seeds=[0])
+        assert request.wait(60, until_finished=True) and request.finished
+        tokens, _, finish = request.take()
+        assert len(tokens) == 60 and finish == "length"
+        [running] = scheduler.submit([[1, 2, 3]], [generation_options(200)], seeds=[0])
+        assert not running.wait(0, until_finished=True)  # no finish yet: a timeout
+        running.cancel()
+        assert running.wait(60, until_finished=True)
+        scheduler.shutdown()
+    finally:
+        model.close()

@@ -89,9 +89,9 @@ struct RequestHandle {
     if (!update.logprobs.empty()) logprobs = scored_list(update.logprobs);
     return py::make_tuple(py::cast(update.tokens), logprobs, finish_or_none(update.finish));
   }
-  bool wait(double seconds) {
+  bool wait(double seconds, bool until_finished) {
     py::gil_scoped_release release;
-    return request->wait(seconds);
+    return until_finished ? request->wait_finished(seconds) : request->wait(seconds);
   }
 };
 
@@ -266,8 +266,9 @@ PYBIND11_MODULE(_core, m) {
       .def("take", &RequestHandle::take,
            "(new token ids, their [(token, logprob, [(id, logprob), ...])] or None, the finish "
            "reason or None) since the last take().")
-      .def("wait", &RequestHandle::wait, py::arg("timeout"),
-           "Waits (without the GIL) until take() has something new; False on timeout.")
+      .def("wait", &RequestHandle::wait, py::arg("timeout"), py::arg("until_finished") = false,
+           "Waits (without the GIL) until take() has something new (until_finished: until the "
+           "request finished); False on timeout.")
       .def("cancel", [](RequestHandle& r) { r.request->stop(FinishReason::cancelled); })
       .def(
           "stop", [](RequestHandle& r) { r.request->stop(FinishReason::stopped); },

@@ -31,6 +31,10 @@ class TextAssembler:
         self.released = 0  # characters of text already given out
         self.stopped = False
 
+    @property
+    def has_stop_strings(self) -> bool:
+        return bool(self._stop)
+
     def push(self, token: int) -> str:
         if token in self._eos:  # the EOS token ends the text; it is not part of it
             return ""
@@ -95,6 +99,13 @@ class RequestStream:
     def done(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def reads_each_token(self) -> bool:
+        """Whether a token may end the output (a stop string, on_token) or a cancel may come:
+        then each step's tokens are read as they come, else only the finished request."""
+        return (self._on_token is not None or self._cancel is not None
+                or self._assembler.has_stop_strings)
+
     def poll(self) -> Optional[Delta]:
         """What is new since the last poll (None if nothing), ending with the final piece."""
         if self.done:
@@ -156,11 +167,13 @@ def drive(streams: Sequence[RequestStream], on_delta=None, cancel=None, poll_sec
     Waits without the GIL, waking at least every ``poll_seconds``, so Ctrl-C (KeyboardInterrupt)
     and ``cancel`` (a CancelToken, also passed to the streams) are noticed within a step; either
     way, and on any exception, the requests still running are cancelled and their memory freed.
+    When nothing reads the tokens as they come, it sleeps until each request finishes.
     """
     pending = list(range(len(streams)))
+    quiet = on_delta is None and cancel is None and not any(s.reads_each_token for s in streams)
     try:
         while pending:
-            streams[pending[0]].request.wait(poll_seconds)
+            streams[pending[0]].request.wait(poll_seconds, until_finished=quiet)
             if cancel is not None and cancel.cancelled:
                 for i in pending:
                     streams[i].request.cancel()
