@@ -73,7 +73,8 @@ int num_threads();
 // ran a parallel region, and while the process holds more of them than there are CPUs its waits
 // barely spin: each region's start and end then sleep and wake (decode on 2 cores measured ~2×
 // slower beside one idle pool). Calls that compute on their caller's thread (forward, score)
-// free it when they end, so that only the schedulers' threads keep workers.
+// free it when they end, and an idle scheduler frees its own, so that only the decode loops
+// that run keep workers.
 void release_thread_pool();
 
 // release_thread_pool() when the scope ends, however it ends.

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <string>
 
@@ -17,6 +18,8 @@ namespace gpt2gen {
 namespace {
 
 std::atomic<long> live_sequence_count{0};
+
+constexpr std::chrono::milliseconds kReleaseWorkersAfter{100};  // idle time (loop)
 
 }  // namespace
 
@@ -209,12 +212,20 @@ void Scheduler<T>::loop() {
   std::vector<Queued> admitted;
   for (;;) {
     admitted.clear();
-    if (running_.empty()) release_thread_pool();  // idle: hold no workers (backend.hpp)
     {
       std::unique_lock<std::mutex> lock(inbox_->mutex);
-      inbox_->cv.wait(lock, [this] {
+      auto has_work = [this] {
         return inbox_->stopping || inbox_->poked || !inbox_->queue.empty() || !running_.empty();
-      });
+      };
+      // Idle for a while: free the OpenMP workers (backend.hpp). Not at once: a request arriving
+      // soon after the last reuses them (a new worker's start would land in a ThreadGovernor's
+      // probe step and could mislead it).
+      if (!inbox_->cv.wait_for(lock, kReleaseWorkersAfter, has_work)) {
+        lock.unlock();
+        release_thread_pool();
+        lock.lock();
+        inbox_->cv.wait(lock, has_work);
+      }
       if (inbox_->stopping) break;
       inbox_->poked = false;
       admit(admitted);

@@ -349,7 +349,7 @@ def test_idle_engine_keeps_no_openmp_workers():
     """libgomp keeps worker threads for every thread that ran a parallel region, and while a
     process holds more of them than CPUs its waits stop spinning, which made decode ~2× slower
     after one forward() on another thread. forward and score free their caller's workers when
-    they end; a scheduler frees its own when it has nothing to run."""
+    they end; a scheduler frees its own once it has been idle a moment (100 ms)."""
     out = run_isolated("""
         import os, time
         gpt2gen.set_num_threads(3)  # workers even on a 1-CPU machine
