@@ -28,19 +28,18 @@ uint64_t splitmix64(uint64_t& state) {
 uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 // Index of the largest score, ties to the lowest index and the first NaN winning, as np.argmax.
-// Two passes the compiler vectorizes (one scan stopping at a NaN is not): the largest value and
-// whether there is a NaN, then the first index holding it.
 template <typename T>
 int32_t argmax(const T* scores, int32_t n) {
-  T largest = scores[0];
-  bool has_nan = false;
+  int32_t best = 0;
+  T best_score = scores[0];
   for (int32_t i = 0; i < n; ++i) {
-    has_nan |= scores[i] != scores[i];
-    largest = scores[i] > largest ? scores[i] : largest;
+    if (std::isnan(scores[i])) return i;
+    if (scores[i] > best_score) {
+      best_score = scores[i];
+      best = i;
+    }
   }
-  for (int32_t i = 0; i < n; ++i)
-    if (has_nan ? scores[i] != scores[i] : scores[i] == largest) return i;
-  return 0;
+  return best;
 }
 
 double max_finite(const std::vector<double>& scores) {
