@@ -32,7 +32,8 @@ constexpr int64_t kMaxInterval = 64;
 constexpr double kProbeBudget = 0.02;
 constexpr int64_t kLongestInterval = 256;
 constexpr double kMargin = 0.9;     // a probe must take < 90% of the current count's recent median
-constexpr double kSlower = 1.3;     // steps 1.3x slower than the best since the move: probe now
+constexpr double kSlower = 1.5;     // steps 1.5x slower than the best since the move: probe now
+constexpr int64_t kRecheck = 4;     // steps before probing again when a win was not confirmed
 constexpr int64_t kFreshSteps = 8;  // a size's recent steps older than this are not compared with
 
 std::atomic<int> last_move{0};
@@ -61,6 +62,7 @@ int ThreadGovernor::size_class(int rows) {
 
 void ThreadGovernor::move_to(int threads, int64_t interval) {
   current_ = threads;
+  recheck_ = false;
   recent_ = {};
   interval_ = interval;
   next_probe_ = step_ + interval_;
@@ -77,20 +79,31 @@ int ThreadGovernor::probe_target() const {
   return current_;
 }
 
+void ThreadGovernor::probe_lost(double loss) {
+  probe_kind_ = (probe_kind_ + 1) % 3;
+  interval_ = std::min(2 * std::max(interval_, kMinInterval), kMaxInterval);
+  interval_ = std::max(interval_, std::min(int64_t(loss / kProbeBudget), kLongestInterval));
+  next_probe_ = step_ + interval_;
+}
+
 int ThreadGovernor::choose(int rows, int allowed) {
   allowed = std::max(1, allowed);
   if (allowed != allowed_) {  // the first step, or the user changed the setting
     const bool first = allowed_ == 0;
     allowed_ = allowed;
     const int start = first && first_guess_ > 0 ? std::min(first_guess_, allowed) : allowed;
-    // Starting below the maximum (a busy machine, last time), a probe of more threads is costly
-    // if it still is: not at once.
-    move_to(start, start < allowed ? kMinInterval : kFirstProbe);
+    // Starting below the maximum (a busy machine, last time), the first probe is of more threads
+    // all the same: a machine that has become quiet would otherwise run kMinInterval slow steps
+    // (13% of a quiet 64-token call), while a still busy one pays for one losing probe either way.
+    move_to(start, kFirstProbe);
     left_ = {};
+    winner_ = {};
+    recheck_ = false;
   }
+  if (winner_.threads && step_ - winner_.step > kFreshSteps) winner_ = {};  // no step to pair with
   const Recent& r = recent_[size_class(rows)];
   const bool comparable = r.count >= 2 && step_ - r.last_step <= kFreshSteps;
-  if (step_ >= next_probe_ && comparable) return probe_target();
+  if (step_ >= next_probe_ && comparable && !winner_.threads) return probe_target();
   return current_;
 }
 
@@ -99,19 +112,30 @@ void ThreadGovernor::record(int rows, int threads, double seconds) {
   const int size = size_class(rows);
   Recent& r = recent_[size];
   if (threads != current_) {  // a probe
-    if (r.count > 0 && t < kMargin * r.median()) {
-      left_ = {current_, size, r.median()};
-      move_to(threads, kMinInterval);  // the next probe goes the same way again
-    } else {
-      probe_kind_ = (probe_kind_ + 1) % 3;
-      interval_ = std::min(2 * std::max(interval_, kMinInterval), kMaxInterval);
-      if (r.count > 0) {
-        const double loss = t / r.median() - 1;  // in steps of the current count
-        interval_ = std::max(interval_, std::min(int64_t(loss / kProbeBudget), kLongestInterval));
-      }
-      next_probe_ = step_ + interval_;
+    const bool rechecked = recheck_;
+    recheck_ = false;
+    if (r.count > 0 && t < kMargin * r.median())
+      winner_ = {threads, size, t, step_, rechecked};
+    else
+      probe_lost(r.count > 0 ? t / r.median() - 1 : 0);  // the loss in steps of the current count
+  } else if (winner_.threads && size == winner_.size) {  // the step after a winning probe
+    const Winner winner = winner_;
+    winner_ = {};
+    if (winner.time < kMargin * t) {
+      left_ = {current_, size, std::min(t, r.median())};
+      move_to(winner.threads, kMinInterval);  // the next probe goes the same way again
+      ++step_;
+      return;
     }
-  } else {
+    // Mixed evidence: probe the same way again soon, once; after that, as a lost probe.
+    if (!winner.rechecked) {
+      recheck_ = true;
+      next_probe_ = step_ + kRecheck;
+    } else {
+      probe_lost(winner.time / t - 1);
+    }
+  }
+  if (threads == current_) {
     r.times[r.next] = t;
     r.next = (r.next + 1) % 3;
     r.count = std::min(r.count + 1, 3);

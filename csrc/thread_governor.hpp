@@ -9,7 +9,10 @@
 // occasionally runs one step at a neighbouring count (a probe) and keeps that count if the step
 // was clearly faster than the recent steps of the same size at the current one, and it probes at
 // once when its steps become clearly slower than they were. Results do not depend on the thread
-// count, so this changes speed only.
+// count, so this changes speed only. A probe that wins moves only if it also beats the next step
+// at the current count (if not, it is repeated once a few steps later): a shared VM's noise (a
+// neighbour's burst slowing a few steps) made a quiet machine move to one thread for a probe
+// interval in 3 of 10 64-token calls, each then ~15% slower.
 #pragma once
 
 #include <array>
@@ -71,9 +74,19 @@ class ThreadGovernor {
     int threads = 0, size = 0;
     double time = 0;  // the median of its steps of that size
   };
+  // A probe that beat the recent steps, until a step of its size at the current count is timed.
+  struct Winner {
+    int threads = 0, size = 0;
+    double time = 0;
+    int64_t step = 0;
+    bool rechecked = false;  // the probe repeated one whose win the next step did not confirm
+  };
 
   static int size_class(int rows);
   void move_to(int threads, int64_t interval);
+  // A probe took `loss` more per unit of work than the current count's steps (< 0: it won, but
+  // not by the margin): probe less often.
+  void probe_lost(double loss);
   int probe_target() const;
 
   int first_guess_;
@@ -82,6 +95,8 @@ class ThreadGovernor {
   int64_t step_ = 0, next_probe_ = 0, interval_ = 0;
   std::array<Recent, kSizes> recent_{};
   Left left_;
+  Winner winner_;
+  bool recheck_ = false;  // the next probe repeats one whose win was not confirmed
 };
 
 }  // namespace gpt2gen
