@@ -91,6 +91,10 @@ struct VectorLinear {
   // from zero at the segment's first row (`first`).
   static constexpr int kStreamMaxRows = 8;
   static constexpr int kStreamRows = 8;
+  // For one row of x, rows of w no longer than this are read one at a time, a single sequential
+  // stream: kStreamRows interleaved 3 KB rows (d_out = 768) streamed ~25% slower (2 threads, a
+  // loop alternating both patterns), while longer rows stream faster interleaved.
+  static constexpr size_t kShortRowBytes = 4096;
 
   // kRows rows of w from k0. Software prefetch of the next group of rows, for R > 1 only: at
   // R = 1 the hardware prefetchers keep up with each thread's contiguous stream (float32 decode
@@ -154,6 +158,10 @@ struct VectorLinear {
     const int last = v1 == nvec ? d_out - (nvec - 1) * W : W;
     const int k0 = s * kSegmentRows, k1 = std::min(d_in, k0 + kSegmentRows);
     int k = k0;
+    if (R == 1 && size_t(d_out) * sizeof(E) <= kShortRowBytes) {
+      for (; k < k1; ++k) stream_rows<1, 1>(x, d_in, w, part, v0, v1, k, last, k == k0);
+      return;
+    }
     for (; k + kStreamRows <= k1; k += kStreamRows)
       stream_rows<R, kStreamRows>(x, d_in, w, part, v0, v1, k, last, k == k0);
     // The rest (fewer than kStreamRows rows) in groups of 4, 2 and 1.
