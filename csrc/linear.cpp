@@ -85,7 +85,8 @@ struct VectorLinear {
   }
 
   // --- native weights, n ≤ kStreamMaxRows: row streaming ----------------------------------------
-  // Columns [v0, v1) of kStreamRows rows of w at a time (sequential streams for the prefetchers).
+  // Columns [v0, v1) of kStreamRows rows of w at a time (sequential streams for the prefetchers;
+  // one row at a time for one row of x and short rows: kShortRowBytes).
   // Each vector of w is loaded (and widened) once and used for the R rows of x; the segment's
   // partial sums live in `part` (L1/L2), each continued by the rows' FMAs in k order, starting
   // from zero at the segment's first row (`first`).

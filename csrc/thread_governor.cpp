@@ -82,8 +82,15 @@ int ThreadGovernor::probe_target() const {
 void ThreadGovernor::probe_lost(double loss) {
   probe_kind_ = (probe_kind_ + 1) % 3;
   interval_ = std::min(2 * std::max(interval_, kMinInterval), kMaxInterval);
-  interval_ = std::max(interval_, std::min(int64_t(loss / kProbeBudget), kLongestInterval));
+  const double budget_steps = std::min(loss / kProbeBudget, double(kLongestInterval));
+  interval_ = std::max(interval_, int64_t(std::max(budget_steps, 0.0)));
   next_probe_ = step_ + interval_;
+}
+
+void ThreadGovernor::win_unconfirmed(bool rechecked, double loss) {
+  if (rechecked) return probe_lost(loss);
+  recheck_ = true;  // the same probe again soon, once
+  next_probe_ = step_ + kRecheck;
 }
 
 int ThreadGovernor::choose(int rows, int allowed) {
@@ -92,15 +99,20 @@ int ThreadGovernor::choose(int rows, int allowed) {
     const bool first = allowed_ == 0;
     allowed_ = allowed;
     const int start = first && first_guess_ > 0 ? std::min(first_guess_, allowed) : allowed;
-    // Starting below the maximum (a busy machine, last time), the first probe is of more threads
-    // all the same: a machine that has become quiet would otherwise run kMinInterval slow steps
-    // (13% of a quiet 64-token call), while a still busy one pays for one losing probe either way.
+    // Starting below the maximum (a busy machine, last time), the first probe is of one more
+    // thread, and as early: a machine that has become quiet would otherwise run kMinInterval slow
+    // steps (13% of a quiet 64-token call), while a still busy one pays for one losing probe
+    // either way.
     move_to(start, kFirstProbe);
+    probe_kind_ = start < allowed ? 1 : 0;
     left_ = {};
     winner_ = {};
     recheck_ = false;
   }
-  if (winner_.threads && step_ - winner_.step > kFreshSteps) winner_ = {};  // no step to pair with
+  if (winner_.threads && step_ - winner_.step > kFreshSteps) {  // no step came to pair with
+    win_unconfirmed(winner_.rechecked, 0);
+    winner_ = {};
+  }
   const Recent& r = recent_[size_class(rows)];
   const bool comparable = r.count >= 2 && step_ - r.last_step <= kFreshSteps;
   if (step_ >= next_probe_ && comparable && !winner_.threads) return probe_target();
@@ -127,13 +139,7 @@ void ThreadGovernor::record(int rows, int threads, double seconds) {
       ++step_;
       return;
     }
-    // Mixed evidence: probe the same way again soon, once; after that, as a lost probe.
-    if (!winner.rechecked) {
-      recheck_ = true;
-      next_probe_ = step_ + kRecheck;
-    } else {
-      probe_lost(winner.time / t - 1);
-    }
+    win_unconfirmed(winner.rechecked, winner.time / t - 1);
   }
   if (threads == current_) {
     r.times[r.next] = t;
@@ -154,7 +160,7 @@ void ThreadGovernor::record(int rows, int threads, double seconds) {
       if (r.best == 0 || m < r.best) r.best = m;
       // Slower than it was: probe fewer threads now (once per slowdown). Not more threads: if
       // the machine got busier, they would be slower still, and such a probe costs several steps.
-      if (m > kSlower * r.best && current_ > 1) {
+      if (m > kSlower * r.best && current_ > 1 && !recheck_) {
         r.best = m;
         probe_kind_ = 0;
         next_probe_ = step_ + 1;

@@ -72,7 +72,7 @@ class ThreadGovernor {
   // The count a probe moved away from, until the new count's steps confirm the move.
   struct Left {
     int threads = 0, size = 0;
-    double time = 0;  // the median of its steps of that size
+    double time = 0;  // its steps of that size: the lower of their median and the last step
   };
   // A probe that beat the recent steps, until a step of its size at the current count is timed.
   struct Winner {
@@ -87,6 +87,9 @@ class ThreadGovernor {
   // A probe took `loss` more per unit of work than the current count's steps (< 0: it won, but
   // not by the margin): probe less often.
   void probe_lost(double loss);
+  // A probe's win was not confirmed by the next step at the current count (or no such step came):
+  // repeat the probe soon if it was not a repeat already, else count it as lost.
+  void win_unconfirmed(bool rechecked, double loss);
   int probe_target() const;
 
   int first_guess_;

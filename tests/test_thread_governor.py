@@ -115,6 +115,31 @@ def test_a_busy_machine_still_moves_when_the_step_after_a_probe_was_lucky():
     assert chosen[10:].count(2) <= 2 and governor.current == 1
 
 
+def test_started_below_every_thread_its_first_probe_is_of_more():
+    # 4 allowed, started at 2 (the last loop's choice), the machine now quiet: 4 threads are fastest.
+    governor = _testing.ThreadGovernor(first_guess=2)
+    chosen = drive(governor, lambda n, s: 0.1 / n, 40, allowed=4)
+    assert chosen[:5] == [2, 2, 3, 2, 3] and governor.current == 4
+
+
+def test_a_winning_probe_left_unpaired_is_repeated_once_then_counts_as_lost():
+    # A server: a decode-size probe wins by luck, then prompt chunks (another size) fill the next
+    # 20 steps, so no decode step comes to confirm it in time.
+    def rows(step):
+        return 256 if 3 <= step < 23 else 1
+
+    governor = _testing.ThreadGovernor()
+    chosen = []
+    for step in range(100):
+        n = governor.choose(rows(step), 2)
+        t = 0.005 if step == 2 else {1: QUIET, 256: {1: 0.33, 2: 0.175}}[rows(step)][n]
+        governor.record(rows(step), n, t)
+        chosen.append(n)
+    assert chosen[2] == 1 and chosen[3:].count(2) >= 97 - 4  # no move on the unconfirmed win
+    assert 1 <= chosen[3:].count(1) <= 3  # the repeat, then probes as after a loss
+    assert governor.current == 2
+
+
 def test_a_slowdown_probes_fewer_threads_never_more():
     governor = _testing.ThreadGovernor(first_guess=1)
     assert drive(governor, table(LOADED), 40).count(2) == 1  # its one probe, 2 steps in
@@ -189,7 +214,7 @@ BUSY = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end:\
 
 
 def test_results_are_unchanged_while_it_varies_the_thread_count_under_load(tmp_path):
-    # Each new scheduler probes one thread at its third step (tested above), so every
+    # Each new scheduler probes the other thread count at its third step (tested above), so every
     # generation below mixes 1- and 2-thread steps, more of them with the busy competitor.
     model_dir, _ = make_numpy_gpt2(tmp_path, n_layer=2, n_embd=256, n_head=4, vocab_size=2000,
                                    n_positions=600)
