@@ -30,9 +30,10 @@ int8 / q8_0, int4 / q4_0. Batch 1, the same thread count for both (``--threads``
 Each round runs every llama.cpp type once per depth (llama-bench ``-r 1``, after its warm-up)
 and, right before or after it (the order alternates between depths and rounds), gpt2gen's formats
 raced against that type at that depth; figures are medians over the rounds. Pairs this close
-matter here: a shared VM's speed moves by tens of percent within seconds. llama.cpp runs as llama-bench does by default (f16 KV
-cache, flash attention auto), gpt2gen with its defaults (float32 KV cache). The run ends with
-issue 15's targets as PASS/FAIL lines computed from its own numbers.
+matter here: a shared VM's speed moves by tens of percent within seconds. llama.cpp runs as
+llama-bench does by default (f16 KV cache, flash attention auto), gpt2gen with its defaults
+(float32 KV cache). The run ends with issue 15's targets as PASS/FAIL lines computed from its own
+numbers.
 """
 
 from __future__ import annotations
@@ -197,8 +198,7 @@ def run(args) -> dict:
     groups += [(None, [r for r in selected if r.peer is None])] if any(r.peer is None for r in selected) else []
     for round_ in range(args.rounds):
         for peer, group in groups:
-            # One measurement at a time, each engine's right beside the other's (this VM's speed
-            # drifts by tens of percent within seconds), the order alternating between pairs.
+            # Pairs of one measurement each (see the docstring), the order alternating.
             pairs = []
             for d in depths:
                 def ours(d=d, group=group):
@@ -212,10 +212,13 @@ def run(args) -> dict:
 
                 pairs.append((ours, theirs))
             if any(row.label == "fp32" for row in group):
-                pairs.append((lambda: samples["prefill"]["gpt2gen"].append(
-                                  gpt2gen_prefill(params["fp32"], n_head, prefill_prompt)),
-                              lambda peer=peer: samples["prefill"]["llama.cpp"].append(
-                                  llama_prefill(bench, gguf_files[peer], args.threads))))
+                def our_prefill():
+                    samples["prefill"]["gpt2gen"].append(gpt2gen_prefill(params["fp32"], n_head, prefill_prompt))
+
+                def their_prefill(peer=peer):
+                    samples["prefill"]["llama.cpp"].append(llama_prefill(bench, gguf_files[peer], args.threads))
+
+                pairs.append((our_prefill, their_prefill))
             for i, (ours, theirs) in enumerate(pairs):
                 engines = [ours] if peer is None else [theirs, ours] if (round_ + i) % 2 == 0 else [ours, theirs]
                 for engine in engines:

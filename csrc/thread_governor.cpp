@@ -107,7 +107,6 @@ int ThreadGovernor::choose(int rows, int allowed) {
     probe_kind_ = start < allowed ? 1 : 0;
     left_ = {};
     winner_ = {};
-    recheck_ = false;
   }
   if (winner_.threads && step_ - winner_.step > kFreshSteps) {  // no step came to pair with
     win_unconfirmed(winner_.rechecked, 0);
