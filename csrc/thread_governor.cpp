@@ -26,7 +26,9 @@ constexpr int64_t kFirstProbe = 2;  // steps at the start before the first probe
 // lose (after the first probe: 2x at once), and longer after a probe that lost badly, so that
 // losing probes cost at most kProbeBudget of the time (a 2-thread probe beside a busy process
 // can take several 1-thread steps' time); a competitor's leaving is noticed within that many
-// steps. A quiet machine's 1-thread probe costs half a step: under 1% at 64 steps.
+// steps. At the most threads allowed, losing probes back off from kMaxInterval to
+// kLongestInterval: there a competitor's arrival slows the steps, which probes at once
+// (kSlower), and a quiet machine's 1-thread probe costs half a step (a 64-token call: one probe).
 constexpr int64_t kMinInterval = 16;
 constexpr int64_t kMaxInterval = 64;
 constexpr double kProbeBudget = 0.02;
@@ -81,7 +83,10 @@ int ThreadGovernor::probe_target() const {
 
 void ThreadGovernor::probe_lost(double loss) {
   probe_kind_ = (probe_kind_ + 1) % 3;
-  interval_ = std::min(2 * std::max(interval_, kMinInterval), kMaxInterval);
+  if (current_ == allowed_)  // see kMaxInterval
+    interval_ = std::min(std::max(2 * interval_, kMaxInterval), kLongestInterval);
+  else
+    interval_ = std::min(2 * std::max(interval_, kMinInterval), kMaxInterval);
   const double budget_steps = std::min(loss / kProbeBudget, double(kLongestInterval));
   interval_ = std::max(interval_, int64_t(std::max(budget_steps, 0.0)));
   next_probe_ = step_ + interval_;

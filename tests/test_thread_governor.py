@@ -35,8 +35,15 @@ def test_a_quiet_machine_keeps_every_thread_and_probes_rarely():
     governor = _testing.ThreadGovernor()
     chosen = drive(governor, table(QUIET), 1000)
     assert governor.current == 2
+    # One early probe, the next 64 steps later, then backing off to one per 256 steps: a 64-token
+    # call pays for one probe (~half a step), a long one for ~0.2% of its time.
+    assert chosen[:66].count(1) == 1, chosen[:66]
     probes = chosen.count(1)
-    assert 1 <= probes <= 1000 // 64 + 5, probes  # backs off to one probe per 64 steps
+    assert 2 <= probes <= 1000 // 256 + 3, probes
+    # So rare a probe does not slow the noticing of a competitor: its steps are slower at once.
+    arrived = drive(governor, table(LOADED), 50)
+    switched = next(i for i in range(len(arrived)) if arrived[i:i + 10] == [1] * 10)
+    assert switched <= 6, arrived[:20]
 
 
 def test_a_busy_competitor_is_noticed_within_a_few_steps_and_its_leaving_too():
