@@ -104,3 +104,37 @@ def test_one_speed_table():
     speed_tables = [line for line in README.splitlines() if line.startswith("| size |") and "tok/s" in line]
     assert len(speed_tables) == 1
     assert "PASS" not in README and "FAIL" not in README  # run-by-run logs are in benchmarks/
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors for a Markdown file's headings: lower case, punctuation dropped, spaces as
+    hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+# The hand-written docs (benchmarks/results holds the benchmarks' own reports).
+MARKDOWN = sorted(p for p in ROOT.rglob("*.md")
+                  if not {".git", "node_modules", "results"} & set(p.relative_to(ROOT).parts))
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_between_the_docs_finds_its_file_and_section(path):
+    # An edit that cuts a section (or renames a file) must not leave links to it behind.
+    text = path.read_text(encoding="utf-8")
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # https:, mailto: ...
+            continue
+        file_part, _, anchor = target.partition("#")
+        linked = (path.parent / file_part).resolve() if file_part else path
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked.read_text(encoding="utf-8")):
+            broken.append(target)
+    assert not broken, broken
+
+
+def test_heading_anchors_follow_github():
+    assert heading_anchors("## Batch jobs: `gpt2gen batch` and Ray Data\n### Real GPT-2: a, b\n") == {
+        "batch-jobs-gpt2gen-batch-and-ray-data", "real-gpt-2-a-b"}
