@@ -1,11 +1,12 @@
 """Continuous batching, measured: concurrent submitters against the same requests one by one.
 
-    python benchmarks/bench_concurrent.py [--threads 2] [--tokens 64] [--out results/concurrent]
-        [--baseline-python /path/to/python]
+    python benchmarks/bench_concurrent.py [--threads 2] [--tokens 64] [--rounds 3]
+        [--out results/concurrent] [--baseline-python /path/to/python]
 
 On the 124M shape (random float32 weights), for 1, 2, 4, 8 and 16 concurrent submitters to one
 ``AsyncEngine``: aggregate tokens/s, time to first token, and the speed-up over running the same
-requests one after another, all in one run. Then the head-of-line case (a 1-token request while 7
+requests one after another, all in one run (per level, ``--rounds`` pairs of a concurrent and a
+sequential run, alternating; the median round's figures). Then the head-of-line case (a 1-token request while 7
 long generations run) and one submitter alone against the library's plain ``generate``; with
 ``--baseline-python`` also against ``generate`` of another build (e.g. the commit before the
 scheduler, installed in another virtual environment), in the same run.
@@ -29,6 +30,7 @@ ARGS.add_argument("--threads", type=int, default=2)
 ARGS.add_argument("--tokens", type=int, default=64, help="new tokens per request")
 ARGS.add_argument("--prompt", type=int, default=32, help="prompt tokens per request")
 ARGS.add_argument("--levels", default="1,2,4,8,16")
+ARGS.add_argument("--rounds", type=int, default=3, help="alternating rounds per level; the median round is reported")
 ARGS.add_argument("--baseline-python", help="an interpreter with another gpt2gen build installed")
 ARGS.add_argument("--out", help="write the results as JSON to OUT.json")
 ARGS.add_argument("--generate-only", action="store_true",
@@ -150,14 +152,26 @@ async def main() -> dict:
     await engine.submit(prompt_ids(0), 4).result()  # warm up the scheduler's thread pool
     results = {"threads": ARGS.threads, "tokens": ARGS.tokens, "prompt": ARGS.prompt, "levels": {}}
     for count in [int(c) for c in ARGS.levels.split(",")]:
-        concurrent = await run_concurrent(engine, count, ARGS.tokens)
-        sequential = await run_sequential(engine, count, ARGS.tokens)
-        concurrent["sequential_wall"] = sequential
-        concurrent["speedup"] = sequential / concurrent["wall"]
+        # Rounds of one concurrent and one sequential run, the order alternating: each round's
+        # ratio divides two runs seconds apart (this VM's speed moves by tens of percent between
+        # minutes); the level's figures are the median round's.
+        rounds = []
+        for r in range(ARGS.rounds):
+            if r % 2:
+                sequential = await run_sequential(engine, count, ARGS.tokens)
+                concurrent = await run_concurrent(engine, count, ARGS.tokens)
+            else:
+                concurrent = await run_concurrent(engine, count, ARGS.tokens)
+                sequential = await run_sequential(engine, count, ARGS.tokens)
+            concurrent["sequential_wall"] = sequential
+            concurrent["speedup"] = sequential / concurrent["wall"]
+            rounds.append(concurrent)
+        concurrent = sorted(rounds, key=lambda c: c["speedup"])[len(rounds) // 2]
+        concurrent["round_speedups"] = [c["speedup"] for c in rounds]
         results["levels"][count] = concurrent
         print(f"{count:>2} submitters: {concurrent['tok_s']:7.1f} tok/s, TTFT p50 "
-              f"{concurrent['ttft_p50'] * 1000:6.0f} ms, {concurrent['speedup']:.2f}x one by one",
-              flush=True)
+              f"{concurrent['ttft_p50'] * 1000:6.0f} ms, {concurrent['speedup']:.2f}x one by one (rounds: "
+              + ", ".join(f"{x:.2f}x" for x in concurrent["round_speedups"]) + ")", flush=True)
     results["head_of_line"] = await head_of_line(engine, 4 * ARGS.tokens)
     # One submitter against plain generate on the same request, alternating, best of 3 each (a
     # level's single run against generate's best of 3 was no comparison).
