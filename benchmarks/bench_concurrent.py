@@ -6,8 +6,9 @@
 On the 124M shape (random float32 weights), for 1, 2, 4, 8 and 16 concurrent submitters to one
 ``AsyncEngine``: aggregate tokens/s, time to first token, and the speed-up over running the same
 requests one after another, all in one run (per level, ``--rounds`` pairs of a concurrent and a
-sequential run, alternating; the median round's figures). Then the head-of-line case (a 1-token request while 7
-long generations run) and one submitter alone against the library's plain ``generate``; with
+sequential run, alternating; the median round's figures). Then the head-of-line case (a 1-token
+request while 7 long generations run) and one submitter alone against the library's plain
+``generate`` (alternating, best of 3 each); with
 ``--baseline-python`` also against ``generate`` of another build (e.g. the commit before the
 scheduler, installed in another virtual environment), in the same run.
 

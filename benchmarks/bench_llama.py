@@ -325,7 +325,8 @@ def report(args, results, summary, load) -> str:
              f"llama.cpp: {' '.join(results['llama_bench_version'])}", "",
              "decode tok/s, gpt2gen / llama.cpp (ratio):", "",
              "| gpt2gen / llama.cpp | " + " | ".join(f"depth {d}" for d in depths)
-             + f" | depth {high} / {low} (gpt2gen; llama.cpp) | weights MB/token (gpt2gen; llama.cpp) "
+             + f" | depth {high} / {low} (gpt2gen; llama.cpp) (bytes: what the bytes read allow) "
+             "| weights MB/token (gpt2gen; llama.cpp) "
              f"| weights GB/s at depth {low} (gpt2gen; llama.cpp) | of fp32's GB/s |",
              "|---|" + "---|" * len(depths) + "---|---|---|---|"]
     for row in results["rows"]:

@@ -3,6 +3,7 @@ on the first screen, and its build commands work in the environment it sets up."
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import shlex
@@ -106,6 +107,11 @@ def test_one_speed_table():
     assert "PASS" not in README and "FAIL" not in README  # run-by-run logs are in benchmarks/
 
 
+@functools.cache
+def file_anchors(path: Path) -> set[str]:
+    return heading_anchors(path.read_text(encoding="utf-8"))
+
+
 def heading_anchors(text: str) -> set[str]:
     """GitHub's anchors for a Markdown file's headings: lower case, punctuation dropped, spaces as
     hyphens."""
@@ -130,7 +136,7 @@ def test_every_link_between_the_docs_finds_its_file_and_section(path):
         linked = (path.parent / file_part).resolve() if file_part else path
         if not linked.exists():
             broken.append(target)
-        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked.read_text(encoding="utf-8")):
+        elif anchor and linked.suffix == ".md" and anchor not in file_anchors(linked):
             broken.append(target)
     assert not broken, broken
 
